@@ -1,0 +1,411 @@
+"""The inner loop of Hope: self-modifying memories learning in context with Delta Gradient Descent.
+
+Two implementations of one recurrence (HOPE.md §3 and §8):
+
+* `naive_memory_update`: token by token, written like the equations. The test oracle.
+* `chunk_memory_update`: chunk-wise, no Python loop over tokens; the chunk-end state comes from the
+  WY/UT form of the gated delta rule (one unit-triangular solve per chunk, then matmuls).
+
+Notation (shapes are given in this order throughout):
+    b  batch                     H  heads                 M  stacked memories (`mem` last)
+    t  tokens of the call        c  tokens of one chunk   d  head size
+    h  memory hidden width (h = memory_expansion · d)
+    A ≡ w_in  [b, H, M, h, d]    input-side fast weights (the matrix that reads k; gets the delta decay)
+    B ≡ w_out [b, H, M, d, h]    output-side fast weights
+    S_A, S_B                     inner momentum of A and B, same shapes
+    M(z) = z + B σ(A z)          every memory is a residual 2-layer MLP, σ = SiLU (Eq. 89/91)
+
+Per token t, with the anchor states A⁰, B⁰ of the chunk (the state at the end of the previous chunk):
+    q_t = l2norm(W_q x̃_t)  (or the q memory)            k_t = l2norm(M_k(x̃_t))       (Eq. 79-85)
+    v_t = M_v(x̃_t) (l2-normalised unless `normalize_values=False`)     η_t = η_max σ(w_η·M_η(x̃_t) + b_η)     α_t = α_min + (1 − α_min) σ(w_α·M_α(x̃_t) + b_α)
+    o_t = M_mem(q_t)                                      read, with the anchor of the main memory
+    v̂_t = M(v_t)                                          self-generated target (Eq. 84)
+    z = A⁰k, a = σ(z), e = k + B⁰a − v̂                   inner loss ½‖M(k) − v̂‖² (Eq. 86)
+    ∇_B = e aᵀ,   ∇_A = u kᵀ with u = (B⁰ᵀe) ⊙ σ'(z)
+    DGD (Eq. 56-57, 86-88):  A_t = A_{t−1}(α_t I − η_t k_t k_tᵀ) − η_t ∇_A,   B_t = α_t B_{t−1} − η_t ∇_B
+    GD ("w/o DGD"):          A_t = α_t A_{t−1} − η_t ∇_A
+    momentum:  S_t = β S_{t−1} − η_t ∇_t, and S_t is added in place of −η_t ∇_t.
+
+Chunks: the k/v/η/α(/q) memories refresh their anchor every `projection_chunk` tokens (C_o), the main
+memory every `memory_chunk` tokens (C_m, a multiple of C_o); boundaries are absolute positions, so a
+call may start mid-chunk (`state.position`) and a long sequence may be fed in pieces.
+Padding (`mask = 0`) writes nothing: η = 0, α = 1, β = 1 and the momentum is not added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class MemoryRule:
+    """The static description of a layer's inner optimisation (from `HopeConfig`).
+
+    Attributes:
+        names: memory names in stacking order; `mem` must be last, the others generate projections.
+        projection_chunk: C_o, anchor period of the projection memories (tokens).
+        memory_chunk: C_m, anchor period of the main memory (tokens); a multiple of C_o.
+        delta: Delta Gradient Descent (`True`) or plain GD (`False`) on the input-side matrix.
+        momentum: whether the inner updates use momentum.
+        eta_max: upper bound of the inner learning rate.
+        alpha_min: lower bound of the retention gate.
+        normalize_values: l2-normalise v like k (a deviation for stability, see docs/FAITHFULNESS.md).
+    """
+
+    names: tuple[str, ...]
+    projection_chunk: int
+    memory_chunk: int
+    delta: bool = True
+    momentum: bool = True
+    eta_max: float = 1.0
+    alpha_min: float = 0.0
+    normalize_values: bool = True
+
+    def __post_init__(self):
+        if not self.names or self.names[-1] != "mem":
+            raise ValueError(f"MemoryRule.names must end with 'mem', got {self.names!r}")
+        if self.memory_chunk % self.projection_chunk != 0:
+            raise ValueError(
+                f"MemoryRule.memory_chunk must be a multiple of projection_chunk={self.projection_chunk}, "
+                f"got {self.memory_chunk}"
+            )
+
+    @property
+    def num_projection_memories(self) -> int:
+        return len(self.names) - 1
+
+
+@dataclass
+class MemoryState:
+    """Fast state of one layer's memories, per sequence.
+
+    Attributes:
+        w_in, w_out: running states A [b, H, M, h, d] and B [b, H, M, d, h].
+        anchor_in, anchor_out: the states at the last chunk boundary of each memory (same shapes).
+        mom_in, mom_out: inner momentum (same shapes) or `None` without momentum.
+        position: tokens consumed so far (chunk boundaries are multiples of the chunk sizes).
+    """
+
+    w_in: torch.Tensor
+    w_out: torch.Tensor
+    anchor_in: torch.Tensor
+    anchor_out: torch.Tensor
+    mom_in: torch.Tensor | None
+    mom_out: torch.Tensor | None
+    position: int = 0
+
+    @classmethod
+    def initial(cls, w_in: torch.Tensor, w_out: torch.Tensor, batch_size: int, momentum: bool,
+                dtype: torch.dtype | None = None) -> "MemoryState":
+        """The state before the first token: every sequence starts from the meta-learned initial states.
+
+        Args:
+            w_in: [H, M, h, d] initial A (an `nn.Parameter`; gradients flow back into it).
+            w_out: [H, M, d, h] initial B.
+        """
+        dtype = dtype or w_in.dtype
+        w_in = w_in.to(dtype).unsqueeze(0).expand(batch_size, *w_in.shape)
+        w_out = w_out.to(dtype).unsqueeze(0).expand(batch_size, *w_out.shape)
+        mom_in = torch.zeros_like(w_in) if momentum else None
+        mom_out = torch.zeros_like(w_out) if momentum else None
+        return cls(w_in, w_out, w_in, w_out, mom_in, mom_out, 0)
+
+    def map_tensors(self, fn) -> "MemoryState":
+        """A new state with `fn` applied to every tensor (e.g. `detach`, `index_select`)."""
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values[f.name] = fn(value) if isinstance(value, torch.Tensor) else value
+        return MemoryState(**values)
+
+    def detach(self) -> "MemoryState":
+        return self.map_tensors(torch.Tensor.detach)
+
+
+@dataclass
+class MemoryInputs:
+    """Per-token inputs of the memories for one call.
+
+    Attributes:
+        x: [b, H, t, d] features x̃ read by the projection memories.
+        static: projections not generated by a memory, by name: `q`, `k`, `v` [b, H, t, d] (before
+            normalisation) and `eta`, `alpha` [b, H, t] (gate logits).
+        eta_weight, eta_bias, alpha_weight, alpha_bias: [H, d], [H], [H, d], [H] gates on the outputs
+            of the η and α memories (`None` with static rates).
+        momentum: [H] inner momentum β in (0, 1), or `None`.
+        mask: [b, t] 1 for real tokens, 0 for padding; `None` means all real.
+    """
+
+    x: torch.Tensor
+    static: dict[str, torch.Tensor]
+    eta_weight: torch.Tensor | None = None
+    eta_bias: torch.Tensor | None = None
+    alpha_weight: torch.Tensor | None = None
+    alpha_bias: torch.Tensor | None = None
+    momentum: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+def memory_apply(z: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+    """M(z) = z + B σ(A z) for a block of rows.
+
+    Args:
+        z: [..., n, d] inputs (rows).
+        w_in: [..., h, d] A.   w_out: [..., d, h] B.
+    Returns:
+        [..., n, d]
+    """
+    return z + F.silu(z @ w_in.transpose(-1, -2)) @ w_out.transpose(-1, -2)
+
+
+def silu_derivative(z: torch.Tensor) -> torch.Tensor:
+    """σ'(z) for σ = SiLU: sigmoid(z) · (1 + z · (1 − sigmoid(z)))."""
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def projections(memory_out: dict[str, torch.Tensor], inputs: MemoryInputs, rule: MemoryRule,
+                sl: slice) -> tuple[torch.Tensor, ...]:
+    """q, k, v, η, log α, β and the write mask for tokens `sl` (Eq. 79-85).
+
+    Args:
+        memory_out: outputs M_□(x̃) [b, H, n, d] of the projection memories, by name.
+        sl: the token slice of this block in the call.
+    Returns:
+        q, k, v [b, H, n, d]; eta, log_alpha, log_beta, write [b, H, n] (`log_beta` is `None`
+        without momentum; `write` is the mask as a float).
+    """
+
+    def source(name: str) -> torch.Tensor:
+        if name in memory_out:
+            return memory_out[name]
+        return inputs.static[name][:, :, sl]
+
+    q = F.normalize(source("q"), dim=-1)
+    k = F.normalize(source("k"), dim=-1)
+    v = F.normalize(source("v"), dim=-1) if rule.normalize_values else source("v")
+    if "eta" in memory_out:
+        eta_logit = (memory_out["eta"] * inputs.eta_weight[:, None, :]).sum(-1) + inputs.eta_bias[:, None]
+        alpha_logit = (memory_out["alpha"] * inputs.alpha_weight[:, None, :]).sum(-1) + inputs.alpha_bias[:, None]
+    else:
+        eta_logit, alpha_logit = source("eta"), source("alpha")
+    eta = rule.eta_max * torch.sigmoid(eta_logit)
+    if rule.alpha_min == 0:
+        log_alpha = F.logsigmoid(alpha_logit)
+    else:
+        log_alpha = torch.log(rule.alpha_min + (1 - rule.alpha_min) * torch.sigmoid(alpha_logit))
+    if inputs.mask is None:
+        write = torch.ones_like(eta)
+    else:
+        write = inputs.mask[:, None, sl].to(eta.dtype).expand_as(eta)
+        eta = eta * write
+        log_alpha = log_alpha * write
+    log_beta = None
+    if rule.momentum:
+        log_beta = torch.log(inputs.momentum)[None, :, None] * write
+    return q, k, v, eta, log_alpha, log_beta, write
+
+
+def _refresh_anchors(state: MemoryState, position: int, rule: MemoryRule) -> MemoryState:
+    """At a chunk boundary a memory's anchor becomes its running state."""
+    if position % rule.memory_chunk == 0:
+        return MemoryState(state.w_in, state.w_out, state.w_in, state.w_out, state.mom_in, state.mom_out,
+                           state.position)
+    if position % rule.projection_chunk == 0:
+        p = rule.num_projection_memories
+        anchor_in = torch.cat([state.w_in[:, :, :p], state.anchor_in[:, :, p:]], dim=2)
+        anchor_out = torch.cat([state.w_out[:, :, :p], state.anchor_out[:, :, p:]], dim=2)
+        return MemoryState(state.w_in, state.w_out, anchor_in, anchor_out, state.mom_in, state.mom_out,
+                           state.position)
+    return state
+
+
+def _anchor_terms(x: torch.Tensor, state: MemoryState, inputs: MemoryInputs, rule: MemoryRule, sl: slice):
+    """Everything a block of tokens computes with the anchor states (shared by both implementations).
+
+    Args:
+        x: [b, H, n, d] features of the block.
+    Returns:
+        o [b, H, n, d] the read; k [b, H, n, d]; eta, log_alpha, log_beta, write [b, H, n];
+        act a = σ(A⁰k) [b, H, M, n, h]; e [b, H, M, n, d]; u [b, H, M, n, h].
+    """
+    p = rule.num_projection_memories
+    outs = memory_apply(x.unsqueeze(2), state.anchor_in[:, :, :p], state.anchor_out[:, :, :p])
+    memory_out = {name: outs[:, :, i] for i, name in enumerate(rule.names[:-1])}
+    q, k, v, eta, log_alpha, log_beta, write = projections(memory_out, inputs, rule, sl)
+    o = memory_apply(q, state.anchor_in[:, :, -1], state.anchor_out[:, :, -1])
+    z = k.unsqueeze(2) @ state.anchor_in.transpose(-1, -2)
+    act = F.silu(z)
+    v_hat = memory_apply(v.unsqueeze(2), state.anchor_in, state.anchor_out)
+    e = k.unsqueeze(2) + act @ state.anchor_out.transpose(-1, -2) - v_hat
+    u = (e @ state.anchor_out) * silu_derivative(z)
+    return o, k, eta, log_alpha, log_beta, write, act, e, u
+
+
+def naive_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule
+                        ) -> tuple[torch.Tensor, MemoryState]:
+    """Token-by-token reference of the self-modifying memory (the oracle of `chunk_memory_update`).
+
+    Args:
+        inputs: see `MemoryInputs`; `x` is [b, H, t, d].
+        state: the state before the first token of the call.
+    Returns:
+        o [b, H, t, d], the reads `M_mem(q_t)`; the state after the last token.
+    """
+    outputs = []
+    for t in range(inputs.x.shape[2]):
+        state = _refresh_anchors(state, state.position, rule)
+        sl = slice(t, t + 1)
+        o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs.x[:, :, sl], state, inputs, rule, sl)
+        outputs.append(o)
+        # one token: drop the token axis; rates broadcast over memories and matrix entries
+        k = k[:, :, 0, None, None, :]                     # [b, H, 1, 1, d], a row
+        act, e, u = act[:, :, :, 0], e[:, :, :, 0], u[:, :, :, 0]
+        eta, alpha, write = (r[:, :, 0, None, None, None] for r in (eta, log_alpha.exp(), write))
+        grad_in = u.unsqueeze(-1) * k                     # ∇_A = u kᵀ   [b, H, M, h, d]
+        grad_out = e.unsqueeze(-1) * act.unsqueeze(-2)    # ∇_B = e aᵀ   [b, H, M, d, h]
+        w_in = alpha * state.w_in
+        if rule.delta:                                    # A (αI − η k kᵀ)
+            w_in = w_in - eta * (state.w_in @ k.transpose(-1, -2)) @ k
+        w_out = alpha * state.w_out
+        mom_in, mom_out = state.mom_in, state.mom_out
+        if rule.momentum:
+            beta = log_beta[:, :, 0, None, None, None].exp()
+            mom_in = beta * mom_in - eta * grad_in
+            mom_out = beta * mom_out - eta * grad_out
+            w_in, w_out = w_in + write * mom_in, w_out + write * mom_out
+        else:
+            w_in, w_out = w_in - eta * grad_in, w_out - eta * grad_out
+        state = MemoryState(w_in, w_out, state.anchor_in, state.anchor_out, mom_in, mom_out, state.position + 1)
+    return torch.cat(outputs, dim=2), state
+
+
+def _segments(position: int, length: int, chunk: int) -> list[tuple[int, int]]:
+    """Split `[0, length)` at absolute positions that are multiples of `chunk`."""
+    bounds, start = [], 0
+    while start < length:
+        end = min(length, start + chunk - (position + start) % chunk)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def _decay_matrices(log_alpha: torch.Tensor, eta: torch.Tensor, log_beta: torch.Tensor | None,
+                    write: torch.Tensor):
+    """The scalar coefficients of one chunk (HOPE.md §8), in log space so nothing overflows.
+
+    With Γ(t, i) = Π_{r=i+1..t} α_r, P(i, s) = Π_{r=s+1..i} β_r and `write` m_i, the chunk unrolls to
+        A_t = Γ(t, 0) A_0 + c_t S_0 + Σ_{i≤t} Γ(t, i) ω_i k_iᵀ − Σ_{s≤t} G(t, s) u_s k_sᵀ
+        G(t, s) = η_s Σ_{i=s..t} Γ(t, i) m_i P(i, s),      c_t = Σ_{i≤t} Γ(t, i) m_i P(i, 0)
+    (without momentum: G(t, s) = η_s Γ(t, s), c = 0). Indices t, i, s run over the chunk from 1.
+
+    Args:
+        log_alpha, eta, write: [b, H, c];  log_beta: [b, H, c] or `None`.
+    Returns:
+        gamma [b, H, c, c] Γ(t, i) (lower triangular, diagonal 1), gamma_prev [b, H, c, c] Γ(t−1, i)
+        (strictly lower), G and G_prev [b, H, c, c], c and c_prev [b, H, c] (`None` without momentum),
+        decay0 [b, H, c] Γ(t, 0), decay0_prev [b, H, c] Γ(t−1, 0), mom_decay [b, H, c] P(c, s),
+        mom_decay0 [b, H] P(c, 0) (the last two `None` without momentum).
+    """
+    n = log_alpha.shape[-1]
+    lower = torch.ones(n, n, dtype=torch.bool, device=log_alpha.device).tril()
+    strict = lower.clone().fill_diagonal_(False)
+    cum = log_alpha.cumsum(-1)
+    cum_prev = cum - log_alpha
+
+    def ratio(rows: torch.Tensor, cols: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        diff = rows.unsqueeze(-1) - cols.unsqueeze(-2)
+        return torch.where(mask, diff, torch.full_like(diff, float("-inf"))).exp()
+
+    gamma, gamma_prev = ratio(cum, cum, lower), ratio(cum_prev, cum, strict)
+    decay0, decay0_prev = cum.exp(), cum_prev.exp()
+    if log_beta is None:
+        return (gamma, gamma_prev, gamma * eta.unsqueeze(-2), gamma_prev * eta.unsqueeze(-2),
+                None, None, decay0, decay0_prev, None, None)
+    cum_beta = log_beta.cumsum(-1)
+    mom_ratio = ratio(cum_beta, cum_beta, lower)            # P(i, s)
+    mom_from_start = cum_beta.exp()                         # P(i, 0)
+    written = write.unsqueeze(-2)
+    G = ((gamma * written) @ mom_ratio) * eta.unsqueeze(-2)
+    G_prev = ((gamma_prev * written) @ mom_ratio) * eta.unsqueeze(-2)
+    c = ((gamma * written) @ mom_from_start.unsqueeze(-1)).squeeze(-1)
+    c_prev = ((gamma_prev * written) @ mom_from_start.unsqueeze(-1)).squeeze(-1)
+    return (gamma, gamma_prev, G, G_prev, c, c_prev, decay0, decay0_prev,
+            mom_ratio[..., -1, :], mom_from_start[..., -1])
+
+
+def _chunk_step(x: torch.Tensor, state: MemoryState, inputs: MemoryInputs, rule: MemoryRule, sl: slice
+                ) -> tuple[torch.Tensor, MemoryState]:
+    """One chunk (or the part of one between two boundaries) in closed form.
+
+    The delta terms ω_j = −η_j A_{j−1} k_j solve the unit lower-triangular system (UT transform)
+        ω_j + η_j Σ_{i<j} Γ(j−1, i)(k_iᵀk_j) ω_i
+            = −η_j [Γ(j−1, 0) A_0 k_j + c_{j−1} S_0 k_j − Σ_{s<j} G(j−1, s)(k_sᵀk_j) u_s].
+    """
+    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(x, state, inputs, rule, sl)
+    gamma, gamma_prev, G, G_prev, c, c_prev, decay0, decay0_prev, mom_decay, mom_decay0 = _decay_matrices(
+        log_alpha, eta, log_beta, write)
+    kk = k @ k.transpose(-1, -2)                            # [b, H, c, c]
+    k_ = k.unsqueeze(2)                                     # broadcast over memories
+    G_last, gamma_last = G[..., -1, :, None].unsqueeze(2), gamma[..., -1, :, None].unsqueeze(2)
+    w_in_new = decay0[..., -1, None, None, None] * state.w_in
+    w_out_new = decay0[..., -1, None, None, None] * state.w_out
+    if rule.momentum:
+        w_in_new = w_in_new + c[..., -1, None, None, None] * state.mom_in
+        w_out_new = w_out_new + c[..., -1, None, None, None] * state.mom_out
+    written_in = -G_last * u                                # [b, H, M, c, h] coefficients of k_sᵀ
+    if rule.delta:
+        rhs = decay0_prev[:, :, None, :, None] * (k_ @ state.w_in.transpose(-1, -2))
+        if rule.momentum:
+            rhs = rhs + c_prev[:, :, None, :, None] * (k_ @ state.mom_in.transpose(-1, -2))
+        rhs = rhs - ((G_prev * kk).unsqueeze(2) @ u)
+        rhs = -eta[:, :, None, :, None] * rhs
+        system = torch.eye(kk.shape[-1], dtype=kk.dtype, device=kk.device) + eta.unsqueeze(-1) * gamma_prev * kk
+        system = system.unsqueeze(2).expand(*rhs.shape[:-1], rhs.shape[-2])
+        omega = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+        written_in = written_in + gamma_last * omega
+    w_in_new = w_in_new + written_in.transpose(-1, -2) @ k_
+    w_out_new = w_out_new - (G_last * e).transpose(-1, -2) @ act
+    mom_in, mom_out = state.mom_in, state.mom_out
+    if rule.momentum:
+        step = (mom_decay * eta)[:, :, None, :, None]       # P(c, s) η_s
+        mom_in = mom_decay0[..., None, None, None] * mom_in - (step * u).transpose(-1, -2) @ k_
+        mom_out = mom_decay0[..., None, None, None] * mom_out - (step * e).transpose(-1, -2) @ act
+    n = x.shape[2]
+    return o, MemoryState(w_in_new, w_out_new, state.anchor_in, state.anchor_out, mom_in, mom_out,
+                          state.position + n)
+
+
+def chunk_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule
+                        ) -> tuple[torch.Tensor, MemoryState]:
+    """Chunk-wise self-modifying memory: the training path, equal to `naive_memory_update`.
+
+    Loops over chunks of `rule.projection_chunk` tokens (never over tokens); each chunk is a few
+    batched matmuls and one `c × c` unit-triangular solve shared by all memories.
+
+    Args:
+        inputs: see `MemoryInputs`; `x` is [b, H, t, d].
+        state: the state before the first token of the call.
+    Returns:
+        o [b, H, t, d], the reads `M_mem(q_t)`; the state after the last token.
+    """
+    outputs = []
+    for start, end in _segments(state.position, inputs.x.shape[2], rule.projection_chunk):
+        state = _refresh_anchors(state, state.position, rule)
+        sl = slice(start, end)
+        o, state = _chunk_step(inputs.x[:, :, sl], state, inputs, rule, sl)
+        outputs.append(o)
+    return torch.cat(outputs, dim=2), state
+
+
+__all__ = [
+    "MemoryInputs",
+    "MemoryRule",
+    "MemoryState",
+    "chunk_memory_update",
+    "memory_apply",
+    "naive_memory_update",
+]

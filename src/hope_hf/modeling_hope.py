@@ -1,0 +1,254 @@
+"""Hope as a Hugging Face model: `HopeModel` and `HopeForCausalLM` (HOPE.md §6).
+
+A block is `x ← x + mixer(RMSNorm(x))` then the Continuum Memory System. The mixer is the
+self-modifying Titans memory (Hope) or softmax attention (Hope-Attention).
+
+This is a model file carried by Hub checkpoints: it imports only torch, transformers and its
+siblings by same-folder relative imports (transformers copies exactly those).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+
+from .attention import HopeAttention
+from .cms import ContinuumMemory
+from .configuration_hope import HopeConfig
+from .normalization import HopeRMSNorm
+from .self_modifying import IMPLEMENTATIONS, FastMemoryBank, SelfModifyingTitans
+
+
+class HopeBlock(GradientCheckpointingLayer):
+    """One Hope layer: mixer then CMS. Shapes: [B, T, D] → [B, T, D]."""
+
+    def __init__(self, config: HopeConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.mixer_norm = HopeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if config.mixer == "attention":
+            self.mixer = HopeAttention(config, layer_idx)
+        else:
+            self.mixer = SelfModifyingTitans(config, layer_idx)
+        self.cms = ContinuumMemory(config)
+
+    def forward(self, hidden: torch.Tensor, position_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, layer_state=None):
+        """
+        Args:
+            hidden: [B, T, D].
+            position_ids: [B, T] absolute positions (used by attention).
+            attention_mask: [B, T_state + T] (attention) or [B, T] (self-modifying), 1 real / 0 padding.
+            layer_state: the layer's recurrent state before this call, or `None`.
+        Returns:
+            hidden [B, T, D] and the layer's state after the call.
+        """
+        normed = self.mixer_norm(hidden)
+        if isinstance(self.mixer, HopeAttention):
+            mixed, new_state = self.mixer(normed, position_ids, attention_mask, layer_state)
+        else:
+            mixed, new_state = self.mixer(normed, attention_mask, layer_state)
+        return self.cms(hidden + mixed), new_state
+
+
+class HopePreTrainedModel(PreTrainedModel):
+    config_class = HopeConfig
+    config: HopeConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HopeBlock"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = False
+    _keys_to_ignore_on_load_unexpected = []
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (SelfModifyingTitans, FastMemoryBank)):
+            module.init_parameters(std)
+        elif isinstance(module, HopeRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+
+    def set_memory_implementation(self, implementation: str) -> None:
+        """Run every self-modifying layer with `"chunk"` (default) or the token-by-token `"naive"` reference."""
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {sorted(IMPLEMENTATIONS)}, got {implementation!r}")
+        for module in self.modules():
+            if isinstance(module, SelfModifyingTitans):
+                module.implementation = implementation
+
+
+class HopeModel(HopePreTrainedModel):
+    """Embeddings, `num_hidden_layers` Hope blocks and a final RMSNorm."""
+
+    def __init__(self, config: HopeConfig):
+        super().__init__(config)
+        config.validate_hope()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(HopeBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = HopeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask) -> None:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+            if input_ids.is_floating_point():
+                raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+            if not torch.compiler.is_compiling() and input_ids.numel() > 0:
+                low, high = int(input_ids.min()), int(input_ids.max())
+                if low < 0 or high >= self.config.vocab_size:
+                    bad = low if low < 0 else high
+                    raise ValueError(
+                        f"input_ids holds token id {bad}, outside the vocabulary [0, {self.config.vocab_size})"
+                    )
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must be [batch, seq_len, {self.config.hidden_size}], got {tuple(inputs_embeds.shape)}"
+            )
+        shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
+        if attention_mask is not None and tuple(attention_mask.shape) != shape:
+            raise ValueError(
+                f"attention_mask must have shape [batch, seq_len] = {list(shape)}, got {list(attention_mask.shape)}"
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast | tuple:
+        """
+        Args:
+            input_ids: [B, T] token ids.
+            attention_mask: [B, T], 1 for real tokens and 0 for padding.
+            position_ids: [B, T] (attention mixer only; defaults to 0..T-1).
+            inputs_embeds: [B, T, D] instead of `input_ids`.
+            output_hidden_states: also return the input of every block and the final normed output.
+        Returns:
+            `BaseModelOutputWithPast` with `last_hidden_state` [B, T, D].
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if past_key_values is not None:
+            raise NotImplementedError("HopeModel does not take a cache yet: call it with past_key_values=None")
+        self._check_inputs(input_ids, inputs_embeds, attention_mask)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        B, T, _ = inputs_embeds.shape
+        if position_ids is None:
+            position_ids = torch.arange(T, device=inputs_embeds.device).unsqueeze(0).expand(B, T)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+
+        hidden = inputs_embeds
+        all_hidden = () if output_hidden_states else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            hidden, _ = layer(hidden, position_ids, attention_mask)
+        hidden = self.norm(hidden)
+        if output_hidden_states:
+            all_hidden += (hidden,)
+        output = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=None, hidden_states=all_hidden)
+        return output if return_dict else output.to_tuple()
+
+
+class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
+    """Hope with a language-modelling head."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HopeConfig):
+        super().__init__(config)
+        self.model = HopeModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple:
+        """
+        Args:
+            labels: [B, T] next-token targets (shifted inside `self.loss_function`; -100 is ignored).
+            logits_to_keep: compute logits for the last `logits_to_keep` positions only (0 = all),
+                or for the positions of a 1-D index tensor.
+            Other arguments as `HopeModel.forward`; extra kwargs (e.g. `num_items_in_batch`) reach the loss.
+        Returns:
+            `CausalLMOutputWithPast` with `logits` [B, T_kept, vocab] and `loss` when `labels` is given.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=None,
+                                        hidden_states=outputs.hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["HopeBlock", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel"]

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_config_kwargs(**overrides):
+    """The odd tiny sizes that catch shape mix-ups (vocab 99, hidden 32, intermediate 37)."""
+    kwargs = dict(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_heads=4,
+        memory_expansion=2,
+        projection_chunk_size=4,
+        memory_chunk_size=8,
+        cms_levels=[
+            {"intermediate_size": 37, "update_period": 1},
+            {"intermediate_size": 19, "update_period": 4},
+        ],
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.fixture
+def tiny_kwargs():
+    return tiny_config_kwargs
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,186 @@
+"""The chunk-wise memory (UT form) equals the token-by-token reference (HOPE.md §3 contracts)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hope_hf.memory_ops import MemoryInputs, MemoryRule, MemoryState, chunk_memory_update, naive_memory_update
+
+HOPE = ("k", "v", "eta", "alpha", "mem")
+HOPE_Q = ("q", "k", "v", "eta", "alpha", "mem")
+TITANS = ("mem",)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def make_case(names, *, b=2, H=3, d=5, h=7, t=23, momentum=True, mask=False, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    M = len(names)
+    w_in = randn(H, M, h, d, scale=d**-0.5)
+    w_out = randn(H, M, d, h, scale=0.1)
+    static = {n: randn(b, H, t, d) for n in ("q", "k", "v") if n not in names}
+    if "eta" not in names:
+        static["eta"], static["alpha"] = randn(b, H, t) - 2, randn(b, H, t) + 2
+    inputs = MemoryInputs(
+        x=randn(b, H, t, d, scale=0.3),
+        static=static,
+        eta_weight=randn(H, d, scale=0.3),
+        eta_bias=randn(H) - 2,
+        alpha_weight=randn(H, d, scale=0.3),
+        alpha_bias=randn(H) + 2,
+        momentum=(torch.rand(H, generator=g, dtype=torch.float64) * 0.9 + 0.05).to(dtype) if momentum else None,
+        mask=(torch.rand(b, t, generator=g) > 0.3).to(dtype) if mask else None,
+    )
+    return inputs, MemoryState.initial(w_in, w_out, b, momentum)
+
+
+def slice_inputs(inputs: MemoryInputs, sl: slice) -> MemoryInputs:
+    return MemoryInputs(
+        x=inputs.x[:, :, sl],
+        static={k: v[:, :, sl] for k, v in inputs.static.items()},
+        eta_weight=inputs.eta_weight, eta_bias=inputs.eta_bias,
+        alpha_weight=inputs.alpha_weight, alpha_bias=inputs.alpha_bias,
+        momentum=inputs.momentum,
+        mask=None if inputs.mask is None else inputs.mask[:, sl],
+    )
+
+
+def assert_same(out_a, state_a, out_b, state_b, tol):
+    assert rel(out_a, out_b) < tol
+    for name in ("w_in", "w_out", "anchor_in", "anchor_out", "mom_in", "mom_out"):
+        a, b = getattr(state_a, name), getattr(state_b, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert rel(a, b) < tol, (name, rel(a, b))
+    assert state_a.position == state_b.position
+
+
+CASES = [
+    # names, delta, momentum, C_o, C_m, mask
+    (HOPE, True, True, 4, 8, False),
+    (HOPE, True, False, 4, 8, False),
+    (HOPE, False, True, 3, 9, False),
+    (HOPE, False, False, 5, 5, False),
+    (HOPE_Q, True, True, 4, 8, True),
+    (TITANS, False, True, 5, 5, False),
+    (TITANS, True, True, 2, 6, True),
+    (HOPE, True, True, 64, 64, False),   # the whole sequence is shorter than a chunk
+    (HOPE, True, True, 1, 3, False),     # one-token chunks
+    (HOPE, True, True, 23, 23, True),    # one exact chunk
+]
+
+
+@pytest.mark.parametrize("names,delta,momentum,c_o,c_m,mask", CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("normalize_values", [True, False])
+def test_chunked_equals_naive(names, delta, momentum, c_o, c_m, mask, dtype, tol, normalize_values):
+    rule = MemoryRule(names, c_o, c_m, delta=delta, momentum=momentum, eta_max=1.0, normalize_values=normalize_values)
+    inputs, state = make_case(names, momentum=momentum, mask=mask, dtype=dtype)
+    out_naive, state_naive = naive_memory_update(inputs, state, rule)
+    out_chunk, state_chunk = chunk_memory_update(inputs, state, rule)
+    assert torch.isfinite(out_chunk).all()
+    assert_same(out_chunk, state_chunk, out_naive, state_naive, tol)
+
+
+@pytest.mark.parametrize("alpha_min", [0.0, 0.6])
+def test_alpha_min_and_eta_max(alpha_min):
+    rule = MemoryRule(HOPE, 4, 8, eta_max=1.7, alpha_min=alpha_min)
+    inputs, state = make_case(HOPE)
+    assert_same(*chunk_memory_update(inputs, state, rule), *naive_memory_update(inputs, state, rule), 1e-10)
+
+
+@pytest.mark.parametrize("split", [1, 3, 4, 8, 13])
+def test_pieces_equal_one_call(split):
+    """Feeding a sequence in two calls (the state carried, the second call starting mid-chunk) is exact."""
+    rule = MemoryRule(HOPE, 4, 8)
+    inputs, state = make_case(HOPE, mask=True)
+    out_full, state_full = chunk_memory_update(inputs, state, rule)
+    out_a, state_a = chunk_memory_update(slice_inputs(inputs, slice(0, split)), state, rule)
+    out_b, state_b = chunk_memory_update(slice_inputs(inputs, slice(split, None)), state_a, rule)
+    assert_same(torch.cat([out_a, out_b], dim=2), state_b, out_full, state_full, 1e-12)
+
+
+def test_token_by_token_calls_equal_one_call():
+    rule = MemoryRule(HOPE, 3, 6)
+    inputs, state = make_case(HOPE, t=14)
+    out_full, state_full = chunk_memory_update(inputs, state, rule)
+    outs = []
+    for t in range(14):
+        out, state = chunk_memory_update(slice_inputs(inputs, slice(t, t + 1)), state, rule)
+        outs.append(out)
+    assert_same(torch.cat(outs, dim=2), state, out_full, state_full, 1e-12)
+
+
+def test_padding_writes_nothing():
+    """A padded token leaves every state (running, momentum) untouched."""
+    rule = MemoryRule(HOPE, 4, 8)
+    inputs, state = make_case(HOPE, t=9, mask=True)
+    inputs.mask = torch.ones_like(inputs.mask)
+    inputs.mask[:, 5:] = 0
+    _, state_all = chunk_memory_update(inputs, state, rule)
+    _, state_real = chunk_memory_update(slice_inputs(inputs, slice(0, 5)), state, rule)
+    for name in ("w_in", "w_out", "mom_in", "mom_out"):
+        assert rel(getattr(state_all, name), getattr(state_real, name)) < 1e-12, name
+
+
+def test_anchor_read_ignores_current_chunk():
+    """The read o_t = M_mem^anchor(q_t): within a memory chunk, later tokens do not change earlier reads
+    and the reads of a chunk only see the state at its start (HOPE.md §3.8)."""
+    rule = MemoryRule(HOPE, 4, 8)
+    inputs, state = make_case(HOPE, t=20)
+    out, _ = chunk_memory_update(inputs, state, rule)
+    changed = slice_inputs(inputs, slice(None))
+    changed.x = inputs.x.clone()
+    changed.x[:, :, 9] += 1.0                     # a token in the second memory chunk (8..15)
+    out_changed, _ = chunk_memory_update(changed, state, rule)
+    assert out.shape[2] == 20
+    assert torch.equal(out[:, :, :16], out_changed[:, :, :16])
+    assert not torch.equal(out[:, :, 16:], out_changed[:, :, 16:])
+
+
+def test_gradients_reach_all_inputs():
+    rule = MemoryRule(HOPE, 4, 8)
+    inputs, state = make_case(HOPE, t=19)
+    w_in = state.w_in[0].clone().requires_grad_(True)
+    w_out = state.w_out[0].clone().requires_grad_(True)
+    leaves = [inputs.x, inputs.eta_weight, inputs.eta_bias, inputs.alpha_weight, inputs.alpha_bias, inputs.momentum]
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    out, final = chunk_memory_update(inputs, MemoryState.initial(w_in, w_out, 2, True), rule)
+    (out.square().sum() + final.w_in.sum() + final.w_out.sum()).backward()
+    for leaf in [w_in, w_out, *leaves]:
+        assert leaf.grad is not None and torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
+    # every one of the five memories receives gradient in its initial state
+    assert (w_in.grad.abs().sum(dim=(0, 2, 3)) > 0).all()
+    assert (w_out.grad.abs().sum(dim=(0, 2, 3)) > 0).all()
+
+
+def test_finite_differences():
+    """torch.autograd.gradcheck through the chunked path (float64, tiny)."""
+    rule = MemoryRule(HOPE, 2, 4)
+    inputs, state = make_case(HOPE, b=1, H=1, d=3, h=4, t=7)
+    w_in = state.w_in[0].clone().requires_grad_(True)
+    w_out = state.w_out[0].clone().requires_grad_(True)
+    x = inputs.x.clone().requires_grad_(True)
+    beta = inputs.momentum.clone().requires_grad_(True)
+
+    def fn(w_in, w_out, x, beta):
+        inputs.x, inputs.momentum = x, beta
+        out, final = chunk_memory_update(inputs, MemoryState.initial(w_in, w_out, 1, True), rule)
+        return out, final.w_in, final.w_out
+
+    assert torch.autograd.gradcheck(fn, (w_in, w_out, x, beta), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_rule_validation():
+    with pytest.raises(ValueError, match="names"):
+        MemoryRule(("k", "v"), 4, 8)
+    with pytest.raises(ValueError, match="memory_chunk"):
+        MemoryRule(HOPE, 4, 6)
