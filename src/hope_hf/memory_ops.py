@@ -364,8 +364,11 @@ def _chunk_step(x: torch.Tensor, state: MemoryState, inputs: MemoryInputs, rule:
         rhs = rhs - ((G_prev * kk).unsqueeze(2) @ u)
         rhs = -eta[:, :, None, :, None] * rhs
         system = torch.eye(kk.shape[-1], dtype=kk.dtype, device=kk.device) + eta.unsqueeze(-1) * gamma_prev * kk
-        system = system.unsqueeze(2).expand(*rhs.shape[:-1], rhs.shape[-2])
-        omega = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+        # one solve for all memories: their right-hand sides side by side, [b, H, c, M·h]
+        b, H, M, n, h = rhs.shape
+        omega = torch.linalg.solve_triangular(system, rhs.permute(0, 1, 3, 2, 4).reshape(b, H, n, M * h),
+                                              upper=False, unitriangular=True)
+        omega = omega.view(b, H, n, M, h).permute(0, 1, 3, 2, 4)
         written_in = written_in + gamma_last * omega
     w_in_new = w_in_new + written_in.transpose(-1, -2) @ k_
     w_out_new = w_out_new - (G_last * e).transpose(-1, -2) @ act

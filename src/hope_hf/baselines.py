@@ -1,0 +1,48 @@
+"""Same-size Transformer baselines: a `LlamaConfig` with the parameter count of a given `HopeConfig`."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from .configuration_hope import HopeConfig
+from .modeling_hope import HopeForCausalLM
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _meta_count(build, config) -> int:
+    with torch.device("meta"):
+        return count_parameters(build(config))
+
+
+def matched_llama_config(config: HopeConfig, **overrides) -> LlamaConfig:
+    """A Llama with the same width, depth, heads, vocabulary and tying as `config`, whose MLP width is
+    chosen so that its parameter count matches the Hope model's as closely as possible.
+    """
+    target = _meta_count(HopeForCausalLM, config)
+    kwargs = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        rms_norm_eps=config.rms_norm_eps,
+        tie_word_embeddings=config.tie_word_embeddings,
+        max_position_embeddings=max(config.max_position_embeddings, 8192),
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        initializer_range=config.initializer_range,
+    )
+    kwargs.update(overrides)
+    base = _meta_count(LlamaForCausalLM, LlamaConfig(intermediate_size=1, **kwargs))
+    per_unit = 3 * config.hidden_size * config.num_hidden_layers      # gate, up, down per MLP unit
+    intermediate = max(1, round((target - base) / per_unit) + 1)
+    return LlamaConfig(intermediate_size=intermediate, **kwargs)
+
+
+__all__ = ["count_parameters", "matched_llama_config"]
