@@ -51,6 +51,7 @@ BAD = [
     (dict(projection_chunk_size=0), "projection_chunk_size", "0"),
     (dict(conv_window=0), "conv_window", "0"),
     (dict(mixer="mamba"), "mixer", "mamba"),
+    (dict(mixer="attention", hidden_size=20, num_heads=4), "num_heads", "head size 5"),
     (dict(inner_optimizer="adam"), "inner_optimizer", "adam"),
     (dict(inner_momentum="yes"), "inner_momentum", "yes"),
     (dict(eta_max=0.0), "eta_max", "0.0"),

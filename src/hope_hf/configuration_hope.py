@@ -171,6 +171,9 @@ class HopeConfig(PreTrainedConfig):
             fail("num_key_value_heads", self.num_key_value_heads, f"a divisor of num_heads={self.num_heads}")
         if self.mixer not in MIXERS:
             fail("mixer", self.mixer, f"one of {MIXERS}")
+        if self.mixer == "attention" and self.head_dim % 2:
+            fail("num_heads", self.num_heads, f"such that hidden_size / num_heads is even for RoPE "
+                 f"(hidden_size={self.hidden_size} gives head size {self.head_dim})")
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             fail("inner_optimizer", self.inner_optimizer, f"one of {INNER_OPTIMIZERS}")
         if self.memory_chunk_size % self.projection_chunk_size != 0:
