@@ -195,6 +195,19 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        """Hope's state is fast weights, not a key/value list: `generate` must not build a `DynamicCache`.
+
+        Until `HopeCache` exists, `generate` re-runs the whole prefix for every new token.
+        """
+        return False
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                                      **kwargs) -> dict:
+        """Without a cache, every generation step feeds the whole sequence so far (and keeps one logit)."""
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "logits_to_keep": 1}
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 

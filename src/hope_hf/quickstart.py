@@ -8,7 +8,7 @@ Steps, each printed as it runs:
 4. measure held-out perplexity before and after training;
 5. save model + tokenizer with `save_pretrained` (safetensors), reload with `AutoModelForCausalLM`
    and check the reloaded logits are identical;
-6. generate a greedy sample (full re-forward per token; the recurrent cache is a later issue);
+6. generate a greedy sample with `generate` (it re-runs the prefix per token until the recurrent cache lands);
 7. write `report.md` and `metrics.json` and print their paths.
 
     .venv/bin/python -m hope_hf.quickstart --steps 150 --output-dir outputs/quickstart
@@ -108,15 +108,6 @@ def perplexity(model: HopeForCausalLM, blocks: torch.Tensor, batch_size: int) ->
     return math.exp(total / count)
 
 
-@torch.no_grad()
-def greedy(model: HopeForCausalLM, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    model.eval()
-    for _ in range(new_tokens):
-        next_id = model(ids, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
-        ids = torch.cat([ids, next_id], dim=1)
-    return ids
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs/quickstart")
@@ -192,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     prompt = "Return a new list"
     ids = torch.tensor([reloaded_tok(prompt, add_special_tokens=False)["input_ids"]])
-    sample = reloaded_tok.decode(greedy(reloaded, ids, 40)[0], skip_special_tokens=True)
+    generated = reloaded.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=reloaded_tok.pad_token_id)
+    sample = reloaded_tok.decode(generated[0], skip_special_tokens=True)
     print(f"[6/7] greedy sample: {sample!r}", flush=True)
 
     metrics = {
