@@ -3,7 +3,8 @@
 The memory state runs in float32 inside autocast (see `SelfModifyingTitans.forward`). Prints the loss
 and the largest fast-weight magnitude every few steps and exits non-zero on a non-finite value.
 
-    .venv/bin/python eval/stability_bf16.py --steps 100 --length 4096     # ~10-20 min on 2 CPU cores
+    .venv/bin/python eval/stability_bf16.py --steps 100 --length 4096     # hours on 2 CPU cores: use a GPU
+    .venv/bin/python eval/stability_bf16.py --config titans-tiny --steps 30 --length 1024
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import time
 import torch
 
 from hope_hf import HopeConfig, HopeForCausalLM
+from hope_hf.model_configs import load_config
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="a name from modeling_configs/ or a path (default: 4 layers x 128)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--hidden-size", type=int, default=128)
@@ -31,8 +34,12 @@ def main() -> int:
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    config = HopeConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                        num_heads=args.heads)
+    if args.config:
+        config = load_config(args.config)
+        args.vocab_size = config.vocab_size
+    else:
+        config = HopeConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+                            num_hidden_layers=args.layers, num_heads=args.heads)
     model = HopeForCausalLM(config).to(args.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     # a learnable stream: a random token sequence repeated with period 97, so memory helps

@@ -259,3 +259,16 @@ def test_generate_without_cache_matches_manual_greedy(variant):
     for _ in range(7):
         manual = torch.cat([manual, model(manual).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(generated, manual)
+
+
+@pytest.mark.parametrize("name", ["hope-tiny", "titans-tiny", "hope-gd-tiny", "hope-no-cms-tiny"])
+def test_shipped_configs_finite_at_init_on_long_sequences(name):
+    """Stale anchor gradients (C_m steps from one anchor, amplified by momentum) made the GD ablations
+    diverge at initialisation with eta_init=0.1; every shipped self-modifying config must stay finite."""
+    from hope_hf.model_configs import load_config
+
+    config = load_config(name)
+    model = HopeForCausalLM(config).eval()
+    x = torch.randint(0, config.vocab_size, (1, 2048), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.isfinite(model(x).logits).all()

@@ -97,7 +97,7 @@ class HopeConfig(PreTrainedConfig):
     adaptive_rates: bool = True
     normalize_values: bool = True
     eta_max: float = 1.0
-    eta_init: float = 0.1
+    eta_init: float = 0.03
     alpha_init: float = 0.999
     alpha_min: float = 0.0
     momentum_init: float = 0.5
