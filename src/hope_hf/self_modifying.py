@@ -177,20 +177,20 @@ class SelfModifyingTitans(nn.Module):
         # the memories run in (at least) float32, also under bf16 autocast
         mem_dtype = state.memory.w_in.dtype
         with torch.autocast(device_type=hidden.device.type, enabled=False):
+
+            def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+                return None if t is None else t.to(mem_dtype)
+
             inputs = MemoryInputs(
-                x=self._heads(x).to(mem_dtype),
-                static={k: v.to(mem_dtype) for k, v in static.items()},
-                eta_weight=getattr(self, "eta_weight", None),
-                eta_bias=getattr(self, "eta_bias", None),
-                alpha_weight=getattr(self, "alpha_weight", None),
-                alpha_bias=getattr(self, "alpha_bias", None),
-                momentum=torch.sigmoid(self.momentum_logit.to(mem_dtype)) if self.rule.momentum else None,
+                x=cast(self._heads(x)),
+                static={k: cast(v) for k, v in static.items()},
+                eta_weight=cast(getattr(self, "eta_weight", None)),
+                eta_bias=cast(getattr(self, "eta_bias", None)),
+                alpha_weight=cast(getattr(self, "alpha_weight", None)),
+                alpha_bias=cast(getattr(self, "alpha_bias", None)),
+                momentum=torch.sigmoid(cast(self.momentum_logit)) if self.rule.momentum else None,
                 mask=attention_mask,
             )
-            for field in ("eta_weight", "eta_bias", "alpha_weight", "alpha_bias"):
-                value = getattr(inputs, field)
-                if value is not None:
-                    setattr(inputs, field, value.to(mem_dtype))
             o, memory = IMPLEMENTATIONS[self.implementation](inputs, state.memory, self.rule)
         o = self.o_norm(o.to(hidden.dtype)).transpose(1, 2).reshape(B, T, D)
         y = self.o_proj(o * F.silu(self.g_proj(x)))
