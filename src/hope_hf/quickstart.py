@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    out = Path(args.output_dir)
+    out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     start = time.time()
