@@ -351,11 +351,7 @@ def _chunk_step(x: torch.Tensor, state: MemoryState, inputs: MemoryInputs, rule:
     kk = k @ k.transpose(-1, -2)                            # [b, H, c, c]
     k_ = k.unsqueeze(2)                                     # broadcast over memories
     G_last, gamma_last = G[..., -1, :, None].unsqueeze(2), gamma[..., -1, :, None].unsqueeze(2)
-    w_in_new = decay0[..., -1, None, None, None] * state.w_in
-    w_out_new = decay0[..., -1, None, None, None] * state.w_out
-    if rule.momentum:
-        w_in_new = w_in_new + c[..., -1, None, None, None] * state.mom_in
-        w_out_new = w_out_new + c[..., -1, None, None, None] * state.mom_out
+    decay_last = decay0[..., -1, None, None, None]           # Γ(C, 0) [b, H, 1, 1, 1]
     written_in = -G_last * u                                # [b, H, M, c, h] coefficients of k_sᵀ
     if rule.delta:
         rhs = decay0_prev[:, :, None, :, None] * (k_ @ state.w_in.transpose(-1, -2))
@@ -370,13 +366,18 @@ def _chunk_step(x: torch.Tensor, state: MemoryState, inputs: MemoryInputs, rule:
                                               upper=False, unitriangular=True)
         omega = omega.view(b, H, n, M, h).permute(0, 1, 3, 2, 4)
         written_in = written_in + gamma_last * omega
-    w_in_new = w_in_new + written_in.transpose(-1, -2) @ k_
-    w_out_new = w_out_new - (G_last * e).transpose(-1, -2) @ act
+    # state-sized tensors dominate the cost: accumulate into the matmul output in place (no temporaries)
+    w_in_new = (written_in.transpose(-1, -2) @ k_).addcmul_(decay_last, state.w_in)
+    w_out_new = ((-G_last * e).transpose(-1, -2) @ act).addcmul_(decay_last, state.w_out)
     mom_in, mom_out = state.mom_in, state.mom_out
     if rule.momentum:
-        step = (mom_decay * eta)[:, :, None, :, None]       # P(c, s) η_s
-        mom_in = mom_decay0[..., None, None, None] * mom_in - (step * u).transpose(-1, -2) @ k_
-        mom_out = mom_decay0[..., None, None, None] * mom_out - (step * e).transpose(-1, -2) @ act
+        c_last = c[..., -1, None, None, None]
+        w_in_new.addcmul_(c_last, state.mom_in)
+        w_out_new.addcmul_(c_last, state.mom_out)
+        step = -(mom_decay * eta)[:, :, None, :, None]      # −P(c, s) η_s
+        mom_decay_last = mom_decay0[..., None, None, None]
+        mom_in = ((step * u).transpose(-1, -2) @ k_).addcmul_(mom_decay_last, state.mom_in)
+        mom_out = ((step * e).transpose(-1, -2) @ act).addcmul_(mom_decay_last, state.mom_out)
     n = x.shape[2]
     return o, MemoryState(w_in_new, w_out_new, state.anchor_in, state.anchor_out, mom_in, mom_out,
                           state.position + n)
