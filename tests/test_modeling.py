@@ -126,13 +126,14 @@ def test_loss_function_receives_kwargs():
     assert torch.allclose(summed, mean_loss * n_items, rtol=1e-5)
 
 
-def test_gradient_checkpointing_gives_same_gradients():
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_same_gradients(use_reentrant):
     model = build().train()
     x = ids()
     model(x, labels=x).loss.backward()
     reference = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert model.is_activation_checkpointing
     assert all(layer.gradient_checkpointing for layer in model.model.layers)
     model(x, labels=x).loss.backward()
