@@ -184,3 +184,26 @@ def test_rule_validation():
         MemoryRule(("k", "v"), 4, 8)
     with pytest.raises(ValueError, match="memory_chunk"):
         MemoryRule(HOPE, 4, 6)
+
+
+def test_inner_gradients_are_the_gradients_of_the_inner_loss():
+    """The closed-form ∇_A = u kᵀ and ∇_B = e aᵀ equal autograd of ½‖M(k) − v̂‖² with v̂ held constant (Eq. 86),
+    so the oracle shares no unchecked algebra with the chunk form."""
+    from hope_hf.memory_ops import _anchor_terms, memory_apply
+
+    rule = MemoryRule(HOPE, 4, 8)
+    inputs, state = make_case(HOPE, b=1, t=1)
+    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs.x, state, inputs, rule, slice(0, 1))
+    for m in range(len(HOPE)):
+        w_in = state.anchor_in[0, :, m].clone().requires_grad_(True)      # [H, h, d]
+        w_out = state.anchor_out[0, :, m].clone().requires_grad_(True)
+        key = k[0]                                                       # [H, 1, d]
+        # v as the projections produced it: recompute M_v(x) at the anchor, normalised
+        v_raw = memory_apply(inputs.x[0], state.anchor_in[0, :, 1], state.anchor_out[0, :, 1])
+        v = torch.nn.functional.normalize(v_raw, dim=-1)
+        target = memory_apply(v, w_in, w_out).detach()
+        loss = 0.5 * (memory_apply(key, w_in, w_out) - target).square().sum()
+        grad_in, grad_out = torch.autograd.grad(loss, (w_in, w_out))
+        closed_in = u[0, :, m].transpose(-1, -2) @ key                 # Σ u kᵀ  [H, h, d]
+        closed_out = e[0, :, m].transpose(-1, -2) @ act[0, :, m]        # Σ e aᵀ  [H, d, h]
+        assert rel(closed_in, grad_in) < 1e-12 and rel(closed_out, grad_out) < 1e-12, m
