@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,16 @@ from transformers import LlamaConfig, PreTrainedConfig
 
 from .configuration_hope import HopeConfig
 
-#: Folder of the named JSON configurations (`<repo>/modeling_configs`, next to `src/`).
-CONFIG_DIR: Path = Path(__file__).resolve().parents[2] / "modeling_configs"
+def _find_config_dir() -> Path:
+    """`<repo>/modeling_configs` for a source checkout or editable install; otherwise the copy a wheel
+    install puts in `<prefix>/share/hope-hf/modeling_configs` (setup.cfg `data_files`)."""
+    in_repo = Path(__file__).resolve().parents[2] / "modeling_configs"
+    installed = Path(sys.prefix) / "share" / "hope-hf" / "modeling_configs"
+    return in_repo if in_repo.is_dir() or not installed.is_dir() else installed
+
+
+#: Folder of the named JSON configurations.
+CONFIG_DIR: Path = _find_config_dir()
 
 #: The configuration class of each supported `"model_type"`.
 CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {"hope": HopeConfig, "llama": LlamaConfig}

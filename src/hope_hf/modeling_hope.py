@@ -64,7 +64,6 @@ class HopePreTrainedModel(PreTrainedModel):
     _no_split_modules = ["HopeBlock"]
     _supports_sdpa = True
     _can_compile_fullgraph = False
-    _keys_to_ignore_on_load_unexpected = []
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
