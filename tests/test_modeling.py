@@ -273,3 +273,24 @@ def test_shipped_configs_finite_at_init_on_long_sequences(name):
     x = torch.randint(0, config.vocab_size, (1, 2048), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.isfinite(model(x).logits).all()
+
+
+@pytest.mark.parametrize("variant", ["hope", "hope-attention", "titans"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_each_sequence_alone(variant, side):
+    """A 3-token and a 40-token prompt in one padded batch give each row the logits it gets alone."""
+    model = build(variant).double()
+    short, long = ids(batch=1, length=3, seed=5), ids(batch=1, length=40, seed=6)
+    pad = torch.zeros(1, 37, dtype=torch.long)
+    if side == "left":
+        batch = torch.cat([torch.cat([pad, short], dim=1), long])
+        mask = torch.cat([torch.cat([torch.zeros(1, 37), torch.ones(1, 3)], dim=1), torch.ones(1, 40)]).long()
+        short_rows = slice(37, 40)
+    else:
+        batch = torch.cat([torch.cat([short, pad], dim=1), long])
+        mask = torch.cat([torch.cat([torch.ones(1, 3), torch.zeros(1, 37)], dim=1), torch.ones(1, 40)]).long()
+        short_rows = slice(0, 3)
+    logits = model(batch, attention_mask=mask).logits
+    alone_short, alone_long = model(short).logits, model(long).logits
+    assert torch.allclose(logits[0, short_rows], alone_short[0], atol=1e-10, rtol=1e-8)
+    assert torch.allclose(logits[1], alone_long[0], atol=1e-10, rtol=1e-8)

@@ -24,6 +24,14 @@ from .normalization import HopeRMSNorm
 from .self_modifying import IMPLEMENTATIONS, FastMemoryBank, SelfModifyingTitans
 
 
+def rotate_rows(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Roll each row of x [B, T, ...] left by `shift` [B] positions (row b: x[b, (t + shift_b) mod T])."""
+    B, T = x.shape[:2]
+    index = (torch.arange(T, device=x.device)[None, :] + shift[:, None]) % T
+    index = index.view(B, T, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)
+
+
 class HopeBlock(GradientCheckpointingLayer):
     """One Hope layer: mixer then CMS. Shapes: [B, T, D] → [B, T, D]."""
 
@@ -169,6 +177,14 @@ class HopeModel(HopePreTrainedModel):
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
 
+        # The memories' chunk boundaries count real tokens from the start of each sequence, so a left-padded
+        # row is rotated to put its padding last (where it writes nothing and nothing reads it), then back.
+        shift = None
+        if attention_mask is not None and self.config.mixer == "self_modifying":
+            shift = (attention_mask.cumsum(dim=1) == 0).sum(dim=1)                 # leading pads per row [B]
+            inputs_embeds = rotate_rows(inputs_embeds, shift)
+            attention_mask = rotate_rows(attention_mask, shift)
+
         hidden = inputs_embeds
         all_hidden = () if output_hidden_states else None
         for layer in self.layers:
@@ -178,6 +194,9 @@ class HopeModel(HopePreTrainedModel):
         hidden = self.norm(hidden)
         if output_hidden_states:
             all_hidden += (hidden,)
+        if shift is not None:
+            hidden = rotate_rows(hidden, -shift)
+            all_hidden = tuple(rotate_rows(h, -shift) for h in all_hidden) if output_hidden_states else None
         output = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=None, hidden_states=all_hidden)
         return output if return_dict else output.to_tuple()
 
