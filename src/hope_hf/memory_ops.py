@@ -17,7 +17,8 @@ Notation (shapes are given in this order throughout):
 
 Per token t, with the anchor states A⁰, B⁰ of the chunk (the state at the end of the previous chunk):
     q_t = l2norm(W_q x̃_t)  (or the q memory)            k_t = l2norm(M_k(x̃_t))       (Eq. 79-85)
-    v_t = M_v(x̃_t) (l2-normalised unless `normalize_values=False`)     η_t = η_max σ(w_η·M_η(x̃_t) + b_η)     α_t = α_min + (1 − α_min) σ(w_α·M_α(x̃_t) + b_α)
+    v_t = M_v(x̃_t)  (l2-normalised unless `normalize_values=False`)
+    η_t = η_max σ(w_η·M_η(x̃_t) + b_η)                   α_t = α_min + (1 − α_min) σ(w_α·M_α(x̃_t) + b_α)
     o_t = M_mem(q_t)                                      read, with the anchor of the main memory
     v̂_t = M(v_t)                                          self-generated target (Eq. 84)
     z = A⁰k, a = σ(z), e = k + B⁰a − v̂                   inner loss ½‖M(k) − v̂‖² (Eq. 86)
