@@ -25,6 +25,7 @@ def test_memory_names_follow_ablation_flags():
     assert HopeConfig(adaptive_q=True).memory_names == ("q", "k", "v", "eta", "alpha", "mem")
     titans = HopeConfig(adaptive_k=False, adaptive_v=False, adaptive_rates=False)
     assert titans.memory_names == ("mem",)
+    assert HopeConfig(inner_weight_decay=False).memory_names == ("k", "v", "eta", "mem")
 
 
 def test_level_defaults_filled_and_input_not_mutated():
@@ -54,6 +55,7 @@ BAD = [
     (dict(mixer="attention", hidden_size=20, num_heads=4), "num_heads", "head size 5"),
     (dict(inner_optimizer="adam"), "inner_optimizer", "adam"),
     (dict(inner_momentum="yes"), "inner_momentum", "yes"),
+    (dict(inner_weight_decay=0), "inner_weight_decay", "0"),
     (dict(eta_max=0.0), "eta_max", "0.0"),
     (dict(eta_init=2.0), "eta_init", "2.0"),
     (dict(alpha_init=1.0), "alpha_init", "1.0"),

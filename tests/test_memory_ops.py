@@ -207,3 +207,13 @@ def test_inner_gradients_are_the_gradients_of_the_inner_loss():
         closed_in = u[0, :, m].transpose(-1, -2) @ key                 # Σ u kᵀ  [H, h, d]
         closed_out = e[0, :, m].transpose(-1, -2) @ act[0, :, m]        # Σ e aᵀ  [H, d, h]
         assert rel(closed_in, grad_in) < 1e-12 and rel(closed_out, grad_out) < 1e-12, m
+
+
+@pytest.mark.parametrize("names", [("k", "v", "eta", "mem"), TITANS])
+def test_without_weight_decay(names):
+    """α ≡ 1 (the "w/o weight decay" ablation): chunked == naive, and no retention gate is read."""
+    rule = MemoryRule(names, 4, 8, weight_decay=False)
+    inputs, state = make_case(names, mask=True)
+    inputs.static.pop("alpha", None)
+    inputs.alpha_weight = inputs.alpha_bias = None
+    assert_same(*chunk_memory_update(inputs, state, rule), *naive_memory_update(inputs, state, rule), 1e-10)

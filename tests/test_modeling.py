@@ -20,6 +20,9 @@ VARIANTS = {
     "hope-gd-no-momentum": {"inner_optimizer": "gd", "inner_momentum": False},
     "hope-adaptive-q": {"adaptive_q": True},
     "hope-tied": {"tie_word_embeddings": True},
+    "hope-no-weight-decay": {"inner_weight_decay": False},
+    "titans-no-weight-decay": {"adaptive_k": False, "adaptive_v": False, "adaptive_rates": False,
+                               "inner_weight_decay": False},
 }
 
 

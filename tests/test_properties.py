@@ -34,6 +34,7 @@ def configs(draw):
         adaptive_k=adaptive,
         adaptive_v=adaptive or draw(st.booleans()),
         adaptive_rates=draw(st.booleans()),
+        inner_weight_decay=draw(st.booleans()),
         normalize_values=draw(st.booleans()),
         mixer=mixer,
         cms_levels=[{"intermediate_size": draw(st.integers(1, 9)), "update_period": draw(st.integers(1, 5))}

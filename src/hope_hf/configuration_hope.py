@@ -55,6 +55,8 @@ class HopeConfig(PreTrainedConfig):
         adaptive_k, adaptive_v: generate k / v with self-modifying memories (off: static linear
             projections, as in Titans).
         adaptive_rates: generate η and α with memories (off: static linear gates).
+        inner_weight_decay: the retention gate α_t of the inner updates (off: α ≡ 1, the "w/o weight
+            decay" ablation; no α memory or gate is built).
         normalize_values: l2-normalise v like k. The paper leaves v unnormalised; with self-generated
             targets `v̂ = M(v)` that diverges at initialisation (v grows, so the targets grow), so the
             default normalises it. `False` gives the literal form.
@@ -95,6 +97,7 @@ class HopeConfig(PreTrainedConfig):
     adaptive_k: bool = True
     adaptive_v: bool = True
     adaptive_rates: bool = True
+    inner_weight_decay: bool = True
     normalize_values: bool = True
     eta_max: float = 1.0
     eta_init: float = 0.03
@@ -146,7 +149,7 @@ class HopeConfig(PreTrainedConfig):
         if self.adaptive_v:
             names.append("v")
         if self.adaptive_rates:
-            names += ["eta", "alpha"]
+            names += ["eta", "alpha"] if self.inner_weight_decay else ["eta"]
         return (*names, "mem")
 
     def validate_hope(self) -> None:
@@ -183,7 +186,7 @@ class HopeConfig(PreTrainedConfig):
                 f"a multiple of projection_chunk_size={self.projection_chunk_size}",
             )
         for field in ("inner_momentum", "adaptive_q", "adaptive_k", "adaptive_v", "adaptive_rates",
-                      "normalize_values", "attention_bias", "tie_word_embeddings"):
+                      "inner_weight_decay", "normalize_values", "attention_bias", "tie_word_embeddings"):
             if not isinstance(getattr(self, field), bool):
                 fail(field, getattr(self, field), "a bool")
         if not (math.isfinite(self.eta_max) and self.eta_max > 0):

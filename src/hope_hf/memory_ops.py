@@ -54,6 +54,7 @@ class MemoryRule:
         eta_max: upper bound of the inner learning rate.
         alpha_min: lower bound of the retention gate.
         normalize_values: l2-normalise v like k (a deviation for stability, see docs/FAITHFULNESS.md).
+        weight_decay: use the retention gate α_t; `False` fixes α ≡ 1 (the "w/o weight decay" ablation).
     """
 
     names: tuple[str, ...]
@@ -64,6 +65,7 @@ class MemoryRule:
     eta_max: float = 1.0
     alpha_min: float = 0.0
     normalize_values: bool = True
+    weight_decay: bool = True
 
     def __post_init__(self):
         if not self.names or self.names[-1] != "mem":
@@ -190,14 +192,20 @@ def projections(memory_out: dict[str, torch.Tensor], inputs: MemoryInputs, rule:
     v = F.normalize(source("v"), dim=-1) if rule.normalize_values else source("v")
     if "eta" in memory_out:
         eta_logit = (memory_out["eta"] * inputs.eta_weight[:, None, :]).sum(-1) + inputs.eta_bias[:, None]
-        alpha_logit = (memory_out["alpha"] * inputs.alpha_weight[:, None, :]).sum(-1) + inputs.alpha_bias[:, None]
     else:
-        eta_logit, alpha_logit = source("eta"), source("alpha")
+        eta_logit = source("eta")
     eta = rule.eta_max * torch.sigmoid(eta_logit)
-    if rule.alpha_min == 0:
-        log_alpha = F.logsigmoid(alpha_logit)
+    if not rule.weight_decay:
+        log_alpha = torch.zeros_like(eta)
     else:
-        log_alpha = torch.log(rule.alpha_min + (1 - rule.alpha_min) * torch.sigmoid(alpha_logit))
+        if "alpha" in memory_out:
+            alpha_logit = (memory_out["alpha"] * inputs.alpha_weight[:, None, :]).sum(-1) + inputs.alpha_bias[:, None]
+        else:
+            alpha_logit = source("alpha")
+        if rule.alpha_min == 0:
+            log_alpha = F.logsigmoid(alpha_logit)
+        else:
+            log_alpha = torch.log(rule.alpha_min + (1 - rule.alpha_min) * torch.sigmoid(alpha_logit))
     if inputs.mask is None:
         write = torch.ones_like(eta)
     else:

@@ -87,6 +87,7 @@ class SelfModifyingTitans(nn.Module):
             eta_max=config.eta_max,
             alpha_min=config.alpha_min,
             normalize_values=config.normalize_values,
+            weight_decay=config.inner_weight_decay,
         )
         self.conv = nn.Conv1d(D, D, kernel_size=config.conv_window, groups=D, bias=False)
         if not config.adaptive_q:
@@ -98,11 +99,13 @@ class SelfModifyingTitans(nn.Module):
         if config.adaptive_rates:
             self.eta_weight = nn.Parameter(torch.empty(H, d))
             self.eta_bias = nn.Parameter(torch.empty(H))
-            self.alpha_weight = nn.Parameter(torch.empty(H, d))
-            self.alpha_bias = nn.Parameter(torch.empty(H))
+            if config.inner_weight_decay:
+                self.alpha_weight = nn.Parameter(torch.empty(H, d))
+                self.alpha_bias = nn.Parameter(torch.empty(H))
         else:
             self.eta_proj = nn.Linear(D, H, bias=True)
-            self.alpha_proj = nn.Linear(D, H, bias=True)
+            if config.inner_weight_decay:
+                self.alpha_proj = nn.Linear(D, H, bias=True)
         if config.inner_momentum:
             self.momentum_logit = nn.Parameter(torch.empty(H))
         self.memories = FastMemoryBank(H, config.memory_names, d, config.memory_hidden_size)
@@ -120,12 +123,14 @@ class SelfModifyingTitans(nn.Module):
         alpha_bias = logit((cfg.alpha_init - cfg.alpha_min) / (1 - cfg.alpha_min))
         if cfg.adaptive_rates:
             init.normal_(self.eta_weight, std=std)
-            init.normal_(self.alpha_weight, std=std)
             init.constant_(self.eta_bias, eta_bias)
-            init.constant_(self.alpha_bias, alpha_bias)
+            if cfg.inner_weight_decay:
+                init.normal_(self.alpha_weight, std=std)
+                init.constant_(self.alpha_bias, alpha_bias)
         else:
             init.constant_(self.eta_proj.bias, eta_bias)
-            init.constant_(self.alpha_proj.bias, alpha_bias)
+            if cfg.inner_weight_decay:
+                init.constant_(self.alpha_proj.bias, alpha_bias)
         if cfg.inner_momentum:
             init.constant_(self.momentum_logit, logit(cfg.momentum_init))
         # depthwise conv: the current token passes through, neighbours start small
@@ -173,7 +178,8 @@ class SelfModifyingTitans(nn.Module):
                 static[name] = self._heads(getattr(self, f"{name}_proj")(x))
         if not self.config.adaptive_rates:
             static["eta"] = self.eta_proj(x).transpose(1, 2)               # [B, H, T]
-            static["alpha"] = self.alpha_proj(x).transpose(1, 2)
+            if self.config.inner_weight_decay:
+                static["alpha"] = self.alpha_proj(x).transpose(1, 2)
         # the memories run in (at least) float32, also under bf16 autocast
         mem_dtype = state.memory.w_in.dtype
         with torch.autocast(device_type=hidden.device.type, enabled=False):
