@@ -190,18 +190,18 @@ def projections(memory_out: dict[str, torch.Tensor], inputs: MemoryInputs, rule:
     q = F.normalize(source("q"), dim=-1)
     k = F.normalize(source("k"), dim=-1)
     v = F.normalize(source("v"), dim=-1) if rule.normalize_values else source("v")
-    if "eta" in memory_out:
-        eta_logit = (memory_out["eta"] * inputs.eta_weight[:, None, :]).sum(-1) + inputs.eta_bias[:, None]
-    else:
-        eta_logit = source("eta")
-    eta = rule.eta_max * torch.sigmoid(eta_logit)
+    def gate_logit(name: str) -> torch.Tensor:
+        """w·M(x̃) + b from the gate's memory, or the static gate's logit [b, H, n]."""
+        if name not in memory_out:
+            return source(name)
+        weight, bias = getattr(inputs, f"{name}_weight"), getattr(inputs, f"{name}_bias")
+        return (memory_out[name] * weight[:, None, :]).sum(-1) + bias[:, None]
+
+    eta = rule.eta_max * torch.sigmoid(gate_logit("eta"))
     if not rule.weight_decay:
         log_alpha = torch.zeros_like(eta)
     else:
-        if "alpha" in memory_out:
-            alpha_logit = (memory_out["alpha"] * inputs.alpha_weight[:, None, :]).sum(-1) + inputs.alpha_bias[:, None]
-        else:
-            alpha_logit = source("alpha")
+        alpha_logit = gate_logit("alpha")
         if rule.alpha_min == 0:
             log_alpha = F.logsigmoid(alpha_logit)
         else:

@@ -37,6 +37,7 @@ from transformers import LlamaConfig, PreTrainedConfig
 
 from .configuration_hope import HopeConfig
 
+
 def _find_config_dir() -> Path:
     """`<repo>/modeling_configs` for a source checkout or editable install; otherwise the copy a wheel
     install puts in `<prefix>/share/hope-hf/modeling_configs` (setup.cfg `data_files`)."""
