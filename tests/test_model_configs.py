@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hope_hf import HopeConfig, HopeForCausalLM
+from hope_hf.baselines import count_parameters
 from hope_hf.model_configs import CONFIG_DIR, available_configs, load_config, nominal_parameters
 
 FAMILIES = ("hope", "hope-attention", "titans", "hope-no-cms", "hope-gd", "transformer")
@@ -35,7 +36,7 @@ def test_available_configs_lists_every_family_and_size():
 def test_parameter_count_within_10_percent_of_nominal(name: str):
     config = load_config(name)
     model = build_on_meta(config)
-    count = sum(p.numel() for p in model.parameters())
+    count = count_parameters(model)
     nominal = nominal_parameters(name)
     assert abs(count - nominal) <= 0.1 * nominal, f"{name}: {count:,} parameters, nominal {nominal:,}"
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .baselines import count_parameters
 from .configuration_hope import HopeConfig
 from .modeling_hope import HopeForCausalLM
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     model = HopeForCausalLM(config)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_parameters(model)
     ppl_before = perplexity(model, eval_blocks, args.batch_size)
     print(f"[3/7] model: Hope, {n_params:,} parameters; training {args.steps} steps on "
           f"{len(train_blocks)} blocks of {args.block_size} tokens", flush=True)
