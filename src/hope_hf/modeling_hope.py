@@ -238,6 +238,17 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @classmethod
+    def from_llama(cls, llama_model, levels=None, **overrides) -> "HopeForCausalLM":
+        """Ad-hoc level stacking: a Hope-Attention model from a `LlamaForCausalLM` (see `conversion.py`).
+
+        `levels`: CMS update periods or level dicts (default `(1, 4, 16)`); level 0 holds each layer's MLP,
+        the others start silent (`down_proj = 0`), so the logits equal the Llama's.
+        """
+        from .conversion import hope_from_llama
+
+        return hope_from_llama(llama_model, levels, **overrides)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
