@@ -134,17 +134,21 @@ def _grad_of(p: torch.Tensor, optimizer: str) -> torch.Tensor:
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)     # Keller Jordan's quintic (as torch.optim.Muon)
 NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+NS_DTYPE_CHOICES = ("auto", *NS_DTYPES)      # auto: bfloat16 on CUDA (as Muon), float32 elsewhere (CPU bf16 is slow)
 
 
-def newton_schulz(x: torch.Tensor, steps: int = 5, dtype: str = "bfloat16", eps: float = 1e-7,
+def newton_schulz(x: torch.Tensor, steps: int = 5, dtype: str = "auto", eps: float = 1e-7,
                   coefficients: tuple[float, float, float] = NS_COEFFICIENTS) -> torch.Tensor:
     """Orthogonalise each matrix of x [..., m, n]: ≈ U S' Vᵀ with S' ≈ 1 (Muon's quintic iteration).
 
     Each matrix is scaled to Frobenius norm ≤ 1, then `X ← a X + (b A + c A²) X`, `A = X Xᵀ`, `steps`
-    times, in `dtype` (bf16 by default, as Muon). A 2-D input runs exactly torch.optim.Muon's ops.
+    times, in `dtype` (`"auto"`: bf16 on CUDA as Muon, float32 elsewhere). A 2-D input in bf16 runs exactly
+    torch.optim.Muon's ops.
     Returns a tensor of `dtype`.
     """
     a, b, c = coefficients
+    if dtype == "auto":
+        dtype = "bfloat16" if x.is_cuda else "float32"
     X = x.to(NS_DTYPES[dtype])
     transpose = x.shape[-2] > x.shape[-1]
     if transpose:
@@ -431,7 +435,8 @@ class M3(Optimizer):
         slow_weight: `α`, weight of the slow direction (0 disables the slow memory).
         second_moment: divide by `√V̂ + ε` as Algorithm 1 (off by default, see above); `beta2` is `β₂`.
         nesterov: Nesterov form of the fast momentum (as Muon).
-        ns_steps, ns_dtype: Newton–Schulz iterations and their dtype (`"bfloat16"` as Muon, `"float32"`).
+        ns_steps, ns_dtype: Newton–Schulz iterations and their dtype (`"auto"`: bf16 on CUDA as Muon, float32
+            on CPU where bf16 matmuls are slow; or `"bfloat16"`, `"float32"`, `"float64"`).
         adjust_lr: `"original"` (√max(1, A/B), Keller Jordan's), `"match_rms_adamw"` (0.2·√max(A, B),
             Moonlight's: the same lr suits AdamW parameters) or `"none"`.
         weight_decay: decoupled weight decay (the group's value wins).
@@ -440,7 +445,7 @@ class M3(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.95, slow_momentum: float = 0.99,
                  slow_period: int = 16, slow_weight: float = 1.0, second_moment: bool = False,
-                 beta2: float = 0.999, nesterov: bool = True, ns_steps: int = 5, ns_dtype: str = "bfloat16",
+                 beta2: float = 0.999, nesterov: bool = True, ns_steps: int = 5, ns_dtype: str = "auto",
                  adjust_lr: str = "match_rms_adamw", weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8):
         _check("lr", lr, 0.0)
@@ -456,8 +461,8 @@ class M3(Optimizer):
         for name, value in (("second_moment", second_moment), ("nesterov", nesterov)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a bool, got {value!r}")
-        if ns_dtype not in NS_DTYPES:
-            raise ValueError(f"ns_dtype must be one of {tuple(NS_DTYPES)}, got {ns_dtype!r}")
+        if ns_dtype not in NS_DTYPE_CHOICES:
+            raise ValueError(f"ns_dtype must be one of {NS_DTYPE_CHOICES}, got {ns_dtype!r}")
         if adjust_lr not in ADJUST_LR:
             raise ValueError(f"adjust_lr must be one of {ADJUST_LR}, got {adjust_lr!r}")
         if len(betas) != 2:
