@@ -134,7 +134,7 @@ def _grad_of(p: torch.Tensor, optimizer: str) -> torch.Tensor:
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)     # Keller Jordan's quintic (as torch.optim.Muon)
 NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
-NS_DTYPE_CHOICES = ("auto", *NS_DTYPES)      # auto: bfloat16 on CUDA (as Muon), float32 elsewhere (CPU bf16 is slow)
+NS_DTYPE_CHOICES = ("auto", *NS_DTYPES)      # auto: bfloat16 on CUDA (as Muon), float32 elsewhere (CPU bf16 is no faster)
 
 
 def newton_schulz(x: torch.Tensor, steps: int = 5, dtype: str = "auto", eps: float = 1e-7,
@@ -350,6 +350,26 @@ class DMGD(Optimizer):
         defaults = dict(lr=lr, momentum=momentum, hidden_size=hidden_size, inner_lr=inner_lr,
                         orthogonalize=orthogonalize, weight_decay=weight_decay, eps=eps)
         super().__init__(params, defaults)
+        # torch casts loaded state to each parameter's dtype; DMGD's state stays float32 (exact resume in bf16 too)
+        self._loaded_float32_state: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self.register_load_state_dict_pre_hook(DMGD._keep_float32_state)
+        self.register_load_state_dict_post_hook(DMGD._restore_float32_state)
+
+    @staticmethod
+    def _keep_float32_state(optimizer: DMGD, state_dict: dict) -> None:
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        optimizer._loaded_float32_state = [
+            (position, {k: v.clone() for k, v in state_dict["state"][i].items() if torch.is_tensor(v)})
+            for position, i in enumerate(saved_ids) if i in state_dict["state"]
+        ]
+
+    @staticmethod
+    def _restore_float32_state(optimizer: DMGD) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for position, tensors in optimizer._loaded_float32_state:
+            for key, value in tensors.items():
+                optimizer.state[params[position]][key] = value.to(params[position].device)
+        optimizer._loaded_float32_state = []
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -425,9 +445,9 @@ class M3(Optimizer):
     paper's raw sums for M₁, M₂ (HOPE.md §5).
 
     `second_moment` is off by default (a deviation, docs/FAITHFULNESS.md): the paper's division by
-    `√V̂ + ε` makes the step inversely proportional to the gradient's scale (an orthogonal matrix has
-    entries of order 1/√n, √V̂ those of |g|), and any element with a zero gradient gets a step of 1/ε.
-    A tiny Hope went NaN within 5 steps at every lr from 1e-6 to 1e-3 (ε = 1e-8).
+    `√V̂ + ε` makes the step inversely proportional to the gradient's scale (an orthogonalised matrix has
+    entries of order 1/√n, √V̂ those of |g|), so elements with tiny gradients take huge steps. A tiny
+    Hope's loss was non-finite at the second step for every lr from 1e-6 to 3e-3 (`eval/m3_second_moment.py`).
 
     Args:
         lr: learning rate (matrices after `adjust_lr`; AdamW parameters as is).
@@ -436,7 +456,7 @@ class M3(Optimizer):
         second_moment: divide by `√V̂ + ε` as Algorithm 1 (off by default, see above); `beta2` is `β₂`.
         nesterov: Nesterov form of the fast momentum (as Muon).
         ns_steps, ns_dtype: Newton–Schulz iterations and their dtype (`"auto"`: bf16 on CUDA as Muon, float32
-            on CPU where bf16 matmuls are slow; or `"bfloat16"`, `"float32"`, `"float64"`).
+            on CPU where bf16 matmuls are no faster; or `"bfloat16"`, `"float32"`, `"float64"`).
         adjust_lr: `"original"` (√max(1, A/B), Keller Jordan's), `"match_rms_adamw"` (0.2·√max(A, B),
             Moonlight's: the same lr suits AdamW parameters) or `"none"`.
         weight_decay: decoupled weight decay (the group's value wins).
