@@ -278,3 +278,16 @@ def test_no_cache_while_training_with_checkpointing():
     assert model(ids(), use_cache=False).past_key_values is None
     model.activation_checkpointing_enable()
     assert model(ids()).past_key_values is None
+
+
+@pytest.mark.parametrize("variant", ["hope", "hope-attention"])
+def test_padding_in_the_middle_of_a_row(variant):
+    """Padding anywhere in a row (here columns 2-5) is skipped: the real tokens get the logits they get alone."""
+    model = build(variant).double()
+    x = ids(1, 16, seed=4)
+    mask = torch.ones_like(x)
+    mask[0, 2:6] = 0
+    with torch.no_grad():
+        padded = model(x, attention_mask=mask).logits[0, mask[0].bool()]
+        alone = model(x[:, mask[0].bool()]).logits[0]
+    assert torch.allclose(padded, alone, atol=1e-10, rtol=1e-8)

@@ -37,6 +37,22 @@ def test_greedy_with_and_without_cache_are_identical(mixer):
 
 
 @pytest.mark.parametrize("mixer", list(MIXERS))
+def test_continuing_from_a_returned_cache_and_from_embeddings(mixer):
+    """`generate` resumes from the cache it returned (feeding only the new columns), and starts from
+    `inputs_embeds`; both equal the un-cached reference."""
+    model = build(mixer)
+    x = prompt()
+    first = model.generate(x, max_new_tokens=5, do_sample=False, return_dict_in_generate=True, **NO_EOS)
+    resumed = model.generate(first.sequences, past_key_values=first.past_key_values, max_new_tokens=6,
+                             do_sample=False, **NO_EOS)
+    reference = model.generate(x, max_new_tokens=11, do_sample=False, use_cache=False, **NO_EOS)
+    assert torch.equal(resumed, reference)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(x), max_new_tokens=5, do_sample=False,
+                                 **NO_EOS)
+    assert torch.equal(from_embeds, reference[:, 9:14])
+
+
+@pytest.mark.parametrize("mixer", list(MIXERS))
 def test_sampling_with_and_without_cache_are_identical(mixer):
     model = build(mixer)
     x = prompt()

@@ -68,6 +68,8 @@ class HopeAttention(nn.Module):
         past = k.shape[2] - T
         if attention_mask is None and past == 0:
             mask, causal = None, True
+        elif attention_mask is None and T == 1:          # one new query sees every column: no mask at all
+            mask, causal = None, False
         else:
             allowed = torch.ones(T, past + T, dtype=torch.bool, device=hidden.device).tril(diagonal=past)
             allowed = allowed[None, None]
