@@ -1,14 +1,16 @@
 """Per-token decoding latency and memory of Hope beside a same-size Llama, at several context lengths.
 
 For each model and context length T: prefill T random tokens into the cache, then time single-token
-decoding steps (median after warm-up). Hope's recurrent cache has a fixed size, so its latency should
+decoding steps (median after warm-up; the steps go round robin over the contexts, so a change of load on
+a shared machine hits all of them alike). Hope's recurrent cache has a fixed size, so its latency should
 not grow with T; a Llama's key/value cache grows linearly, and so does its per-token attention cost.
 Printed per cell:
   - latency: median milliseconds per generated token (batch 1);
   - cache MiB: bytes held by the cache after the prefill (what every decoding step reads);
-  - peak MiB: on CUDA, `torch.cuda.max_memory_allocated` during the decoding steps; on CPU, the largest
-    resident set size of the process seen after a decoding step (includes the model and the allocator's
-    leftovers, so compare it across contexts, not across machines).
+  - peak MiB: on CUDA, `torch.cuda.max_memory_allocated` during the warm-up decoding steps; on CPU, the
+    largest resident set size of the process seen after one of them (includes the model, the allocator's
+    leftovers and the caches of the shorter contexts, which stay alive: compare across contexts and models
+    of one run, not across machines).
 Then Hope / Llama ratios per context, and each model's latency at its longest context over its shortest.
 
 Both models get the same width, depth, heads and vocabulary; the Llama's MLP width is chosen so the
@@ -61,33 +63,46 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-@torch.no_grad()
-def measure_decode(model: torch.nn.Module, context: int, steps: int, warmup: int, vocab: int, device: str
-                   ) -> dict[str, float]:
-    """Prefill `context` tokens, then time `steps` single-token decoding steps after `warmup` ones."""
-    model.eval()
-    ids = torch.randint(0, vocab, (1, context), device=device)
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+def decode_step(model: torch.nn.Module, token: torch.Tensor, cache, device: str) -> tuple[torch.Tensor, float]:
+    """One greedy decoding step; returns the next token and the seconds it took."""
+    sync(device)
+    start = time.perf_counter()
+    out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1:].argmax(-1)
-    cached = cache_bytes(cache) / 2**20
-    del out
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times, peak = [], 0.0
-    for step in range(warmup + steps):
-        sync(device)
-        start = time.perf_counter()
-        out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        token = out.logits[:, -1:].argmax(-1)
-        sync(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-        if device != "cuda":
-            peak = max(peak, resident_mib())
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    return {"latency_ms": 1000 * statistics.median(times), "cache_mib": cached, "peak_mib": peak}
+    sync(device)
+    return token, time.perf_counter() - start
+
+
+@torch.no_grad()
+def measure_decode(model: torch.nn.Module, lengths: list[int], steps: int, warmup: int, vocab: int, device: str
+                   ) -> dict[int, dict[str, float]]:
+    """Per context length: prefill, memory over `warmup` decoding steps, then `steps` timed steps.
+
+    The timed steps go round robin over the contexts (one step each in turn), so a change of load on a
+    shared machine hits every context alike. The memory of a context is measured right after its prefill,
+    while the caches of the shorter contexts (measured before it) are alive.
+    """
+    model.eval()
+    cells = {}
+    for length in sorted(lengths):
+        ids = torch.randint(0, vocab, (1, length), device=device)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        del out
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        peak = 0.0
+        for _ in range(warmup):
+            token, _ = decode_step(model, token, cache, device)
+            peak = max(peak, torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resident_mib())
+        cells[length] = {"cache": cache, "token": token, "times": [], "cache_mib": cache_bytes(cache) / 2**20,
+                         "peak_mib": peak}
+    for _ in range(steps):
+        for cell in cells.values():
+            cell["token"], seconds = decode_step(model, cell["token"], cell["cache"], device)
+            cell["times"].append(seconds)
+    return {length: {"latency_ms": 1000 * statistics.median(cell["times"]), "cache_mib": cell["cache_mib"],
+                     "peak_mib": cell["peak_mib"]} for length, cell in cells.items()}
 
 
 def main() -> None:
@@ -117,12 +132,11 @@ def main() -> None:
     llama_config = matched_llama_config(next(iter(models.values())).config,
                                         max_position_embeddings=max(args.lengths) + 1024)
     models["llama"] = LlamaForCausalLM(llama_config)
-    results = {name: {} for name in models}
+    results = {}
     for name, model in models.items():
         model.to(args.device)
-        for length in args.lengths:
-            r = results[name][length] = measure_decode(model, length, args.steps, args.warmup, args.vocab_size,
-                                                       args.device)
+        results[name] = measure_decode(model, args.lengths, args.steps, args.warmup, args.vocab_size, args.device)
+        for length, r in results[name].items():
             print(f"{name:15s} context {length:6d}: {r['latency_ms']:7.2f} ms/token  cache {r['cache_mib']:8.2f} MiB"
                   f"  peak {r['peak_mib']:8.1f} MiB", flush=True)
         model.to("cpu")
