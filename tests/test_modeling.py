@@ -255,7 +255,7 @@ def test_bf16_autocast_keeps_memory_in_float32():
 
 @pytest.mark.parametrize("variant", ["hope", "hope-attention"])
 def test_generate_without_cache_matches_manual_greedy(variant):
-    """Until the recurrent cache lands, `generate` re-runs the prefix; it must equal a hand-written greedy loop."""
+    """`generate` (with the recurrent cache) equals a hand-written greedy loop over full forwards."""
     model = build(variant)
     prompt = ids(batch=1, length=6)
     generated = model.generate(prompt, max_new_tokens=7, do_sample=False, pad_token_id=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .cache import HopeCache
 from .configuration_hope import HopeConfig
 from .modeling_hope import HopeBlock, HopeForCausalLM, HopeModel, HopePreTrainedModel
 
@@ -21,4 +22,4 @@ HopeConfig.register_for_auto_class()
 HopeModel.register_for_auto_class("AutoModel")
 HopeForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["HopeBlock", "HopeConfig", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel", "__version__"]
+__all__ = ["HopeBlock", "HopeCache", "HopeConfig", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel", "__version__"]

@@ -68,6 +68,8 @@ class HopeAttention(nn.Module):
         past = k.shape[2] - T
         if attention_mask is None and past == 0:
             mask, causal = None, True
+        elif attention_mask is None and T == 1:          # one new query sees every column: no mask at all
+            mask, causal = None, False
         else:
             allowed = torch.ones(T, past + T, dtype=torch.bool, device=hidden.device).tril(diagonal=past)
             allowed = allowed[None, None]
@@ -78,7 +80,7 @@ class HopeAttention(nn.Module):
                 allowed = allowed | (rows == torch.arange(past + T, device=hidden.device)[None, :])[None, None]
             mask, causal = allowed, False
         groups = self.num_heads // self.num_kv_heads
-        out = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1),
-                                             attn_mask=mask, is_causal=causal)
+        keys, values = (k, v) if groups == 1 else (k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1))
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal)
         out = out.transpose(1, 2).reshape(B, T, -1)
         return self.o_proj(out), (k, v)

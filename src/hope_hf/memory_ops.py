@@ -31,11 +31,18 @@ Chunks: the k/v/η/α(/q) memories refresh their anchor every `projection_chunk`
 memory every `memory_chunk` tokens (C_m, a multiple of C_o); boundaries are absolute positions, so a
 call may start mid-chunk (`state.position`) and a long sequence may be fed in pieces.
 Padding (`mask = 0`) writes nothing: η = 0, α = 1, β = 1 and the momentum is not added.
+
+Decoding with a cache (per-row positions, HOPE.md §6):
+
+* `packed_memory_update`: a call whose rows hold their real tokens first, then padding; returns each
+  row's state right after its own last real token (rows end up at different positions).
+* `decode_memory_update`: token by token with a position per row (padding does not advance it), so
+  every row refreshes its anchors at its own chunk boundaries: the generation step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +96,10 @@ class MemoryState:
         w_in, w_out: running states A [b, H, M, h, d] and B [b, H, M, d, h].
         anchor_in, anchor_out: the states at the last chunk boundary of each memory (same shapes).
         mom_in, mom_out: inner momentum (same shapes) or `None` without momentum.
-        position: tokens consumed so far (chunk boundaries are multiples of the chunk sizes).
+        position: tokens consumed so far (chunk boundaries are multiples of the chunk sizes): an int
+            shared by the batch, or a LongTensor [b] of real tokens per row after a padded call
+            (`packed_memory_update`, `decode_memory_update`). `chunk_memory_update` and
+            `naive_memory_update` need an int (see `shared_position`).
     """
 
     w_in: torch.Tensor
@@ -98,7 +108,7 @@ class MemoryState:
     anchor_out: torch.Tensor
     mom_in: torch.Tensor | None
     mom_out: torch.Tensor | None
-    position: int = 0
+    position: int | torch.Tensor = 0
 
     @classmethod
     def initial(cls, w_in: torch.Tensor, w_out: torch.Tensor, batch_size: int, momentum: bool,
@@ -117,7 +127,8 @@ class MemoryState:
         return cls(w_in, w_out, w_in, w_out, mom_in, mom_out, 0)
 
     def map_tensors(self, fn) -> "MemoryState":
-        """A new state with `fn` applied to every tensor (e.g. `detach`, `index_select`)."""
+        """A new state with `fn` applied to every tensor, the per-row `position` included (e.g. `detach`,
+        `index_select` over the batch)."""
         values = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -267,29 +278,39 @@ def naive_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRu
     outputs = []
     for t in range(inputs.x.shape[2]):
         state = _refresh_anchors(state, state.position, rule)
-        sl = slice(t, t + 1)
-        o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs.x[:, :, sl], state, inputs, rule, sl)
+        o, state = _token_step(inputs, state, rule, t, state.position + 1)
         outputs.append(o)
-        # one token: drop the token axis; rates broadcast over memories and matrix entries
-        k = k[:, :, 0, None, None, :]                     # [b, H, 1, 1, d], a row
-        act, e, u = act[:, :, :, 0], e[:, :, :, 0], u[:, :, :, 0]
-        eta, alpha, write = (r[:, :, 0, None, None, None] for r in (eta, log_alpha.exp(), write))
-        grad_in = u.unsqueeze(-1) * k                     # ∇_A = u kᵀ   [b, H, M, h, d]
-        grad_out = e.unsqueeze(-1) * act.unsqueeze(-2)    # ∇_B = e aᵀ   [b, H, M, d, h]
-        w_in = alpha * state.w_in
-        if rule.delta:                                    # A (αI − η k kᵀ)
-            w_in = w_in - eta * (state.w_in @ k.transpose(-1, -2)) @ k
-        w_out = alpha * state.w_out
-        mom_in, mom_out = state.mom_in, state.mom_out
-        if rule.momentum:
-            beta = log_beta[:, :, 0, None, None, None].exp()
-            mom_in = beta * mom_in - eta * grad_in
-            mom_out = beta * mom_out - eta * grad_out
-            w_in, w_out = w_in + write * mom_in, w_out + write * mom_out
-        else:
-            w_in, w_out = w_in - eta * grad_in, w_out - eta * grad_out
-        state = MemoryState(w_in, w_out, state.anchor_in, state.anchor_out, mom_in, mom_out, state.position + 1)
     return torch.cat(outputs, dim=2), state
+
+
+def _token_step(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule, t: int, next_position
+                ) -> tuple[torch.Tensor, MemoryState]:
+    """Read and update for token `t` of the call (anchors already refreshed): Eq. 56-57, 86-88 for one token.
+
+    Returns:
+        o [b, H, 1, d]; the state after the token, with `position = next_position`.
+    """
+    sl = slice(t, t + 1)
+    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs.x[:, :, sl], state, inputs, rule, sl)
+    # one token: drop the token axis; rates broadcast over memories and matrix entries
+    k = k[:, :, 0, None, None, :]                     # [b, H, 1, 1, d], a row
+    act, e, u = act[:, :, :, 0], e[:, :, :, 0], u[:, :, :, 0]
+    eta, alpha, write = (r[:, :, 0, None, None, None] for r in (eta, log_alpha.exp(), write))
+    grad_in = u.unsqueeze(-1) * k                     # ∇_A = u kᵀ   [b, H, M, h, d]
+    grad_out = e.unsqueeze(-1) * act.unsqueeze(-2)    # ∇_B = e aᵀ   [b, H, M, d, h]
+    w_in = alpha * state.w_in
+    if rule.delta:                                    # A (αI − η k kᵀ)
+        w_in = w_in - eta * (state.w_in @ k.transpose(-1, -2)) @ k
+    w_out = alpha * state.w_out
+    mom_in, mom_out = state.mom_in, state.mom_out
+    if rule.momentum:
+        beta = log_beta[:, :, 0, None, None, None].exp()
+        mom_in = beta * mom_in - eta * grad_in
+        mom_out = beta * mom_out - eta * grad_out
+        w_in, w_out = w_in + write * mom_in, w_out + write * mom_out
+    else:
+        w_in, w_out = w_in - eta * grad_in, w_out - eta * grad_out
+    return o, MemoryState(w_in, w_out, state.anchor_in, state.anchor_out, mom_in, mom_out, next_position)
 
 
 def _segments(position: int, length: int, chunk: int) -> list[tuple[int, int]]:
@@ -414,11 +435,148 @@ def chunk_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRu
     return torch.cat(outputs, dim=2), state
 
 
+def shared_position(position: int | torch.Tensor) -> int | None:
+    """The position as an int when every row is at the same one, else `None` (a tensor costs a host sync)."""
+    if isinstance(position, int):
+        return position
+    first = int(position[0])
+    return first if bool((position == first).all()) else None
+
+
+def _select_rows(rows: torch.Tensor, new: MemoryState, old: MemoryState) -> MemoryState:
+    """Per row b: `new` where `rows[b]`, else `old` (every tensor field; `position` is left to the caller)."""
+
+    def pick(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+        if a is None:
+            return None
+        return torch.where(rows.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+    return MemoryState(*(pick(getattr(new, f.name), getattr(old, f.name)) for f in fields(MemoryState)
+                         if f.name != "position"), position=new.position)
+
+
+def _slice_tokens(inputs: MemoryInputs, start: int, end: int) -> MemoryInputs:
+    """The inputs of tokens `[start, end)` of the call."""
+    return MemoryInputs(
+        x=inputs.x[:, :, start:end],
+        static={name: value[:, :, start:end] for name, value in inputs.static.items()},
+        eta_weight=inputs.eta_weight, eta_bias=inputs.eta_bias,
+        alpha_weight=inputs.alpha_weight, alpha_bias=inputs.alpha_bias,
+        momentum=inputs.momentum,
+        mask=None if inputs.mask is None else inputs.mask[:, start:end],
+    )
+
+
+def packed_memory_update(update, inputs: MemoryInputs, state: MemoryState, rule: MemoryRule,
+                         lengths: torch.Tensor) -> tuple[torch.Tensor, MemoryState]:
+    """A padded call whose rows are packed (row b: `lengths[b]` real tokens, then padding), with each
+    row's own final state.
+
+    Padding writes nothing, but the anchors refresh at absolute positions, so a chunk boundary inside a
+    row's padding would refresh its anchors too early. The call is therefore split at the distinct row
+    lengths (at most b + 1 calls of `update`) and each row keeps the state after its last real token:
+    exactly the state it reaches when run alone.
+
+    Args:
+        update: `chunk_memory_update` or `naive_memory_update`.
+        inputs: `x` [b, H, t, d]; `mask` [b, t] packed (ones, then zeros) and consistent with `lengths`.
+        state: the state before the call; its `position` an int shared by the batch.
+        lengths: [b] real tokens per row.
+    Returns:
+        o [b, H, t, d]; the per-row states, `position` = LongTensor [b] (`state.position + lengths`).
+    """
+    if not isinstance(state.position, int):
+        raise ValueError(f"packed_memory_update needs a position shared by the batch (an int), got {state.position!r}")
+    t, first = inputs.x.shape[2], state.position
+    cuts = sorted({int(n) for n in lengths.tolist() if 0 < n < t} | {t})
+    outputs, start, kept = [], 0, state
+    for end in cuts:
+        o, state = update(_slice_tokens(inputs, start, end), state, rule)
+        outputs.append(o)
+        kept = _select_rows(lengths == end, state, kept)
+        start = end
+    return torch.cat(outputs, dim=2), replace(kept, position=first + lengths.long())
+
+
+def _refresh_anchors_rows(state: MemoryState, positions: torch.Tensor, rule: MemoryRule) -> MemoryState:
+    """`_refresh_anchors` with a position per row: each row refreshes at its own chunk boundaries."""
+    p, M = rule.num_projection_memories, state.w_in.shape[2]
+    projection_due = (positions % rule.projection_chunk == 0)[:, None].expand(-1, p)
+    memory_due = (positions % rule.memory_chunk == 0)[:, None].expand(-1, M - p)
+    due = torch.cat([projection_due, memory_due], dim=1)[:, None, :, None, None]      # [b, 1, M, 1, 1]
+    return MemoryState(state.w_in, state.w_out, torch.where(due, state.w_in, state.anchor_in),
+                       torch.where(due, state.w_out, state.anchor_out), state.mom_in, state.mom_out, positions)
+
+
+def _decode_token_step(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule, t: int, next_position
+                       ) -> tuple[torch.Tensor, MemoryState]:
+    """`_token_step` written for decoding speed: the same update with fused rank-one `addcmul`s, in place on
+    freshly allocated tensors (the state-sized passes dominate a decoding step). Tested equal to the reference.
+
+        S_A ← β S_A + (−η u) kᵀ               A ← α A + (−η A k) kᵀ + m S_A       (DGD with momentum)
+        S_B ← β S_B + (−η e) aᵀ               B ← α B + m S_B
+    """
+    sl = slice(t, t + 1)
+    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs.x[:, :, sl], state, inputs, rule, sl)
+    k = k[:, :, 0, None, None, :]                                          # [b, H, 1, 1, d]
+    a = act[:, :, :, 0].unsqueeze(-2)                                      # [b, H, M, 1, h]
+    neg_eta, alpha, write = (r[:, :, 0, None, None, None] for r in (-eta, log_alpha.exp(), write))
+    step_in = neg_eta * u[:, :, :, 0].unsqueeze(-1)                        # −η u  [b, H, M, h, 1]
+    step_out = neg_eta * e[:, :, :, 0].unsqueeze(-1)                       # −η e  [b, H, M, d, 1]
+    w_in, w_out = alpha * state.w_in, alpha * state.w_out
+    if rule.delta:
+        w_in.addcmul_(neg_eta * (state.w_in @ k.transpose(-1, -2)), k)
+    mom_in, mom_out = state.mom_in, state.mom_out
+    if rule.momentum:
+        beta = log_beta[:, :, 0, None, None, None].exp()
+        mom_in = torch.addcmul(beta * mom_in, step_in, k)
+        mom_out = torch.addcmul(beta * mom_out, step_out, a)
+        w_in.addcmul_(write, mom_in)
+        w_out.addcmul_(write, mom_out)
+    else:
+        w_in.addcmul_(step_in, k)
+        w_out.addcmul_(step_out, a)
+    return o, MemoryState(w_in, w_out, state.anchor_in, state.anchor_out, mom_in, mom_out, next_position)
+
+
+def decode_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule
+                         ) -> tuple[torch.Tensor, MemoryState]:
+    """Token by token with a position per row: the generation step of a cached model.
+
+    Each row refreshes its anchors at its own chunk boundaries, and a padded token (`mask = 0`) neither
+    writes nor advances its row's position, so a row decodes exactly as it would alone. Cost per token is
+    independent of the tokens before it (the state has a fixed size).
+
+    Args:
+        inputs: see `MemoryInputs`; `x` is [b, H, t, d] (t is usually 1).
+        state: the state before the call; `position` an int or a LongTensor [b].
+    Returns:
+        o [b, H, t, d]; the state after the call, `position` a LongTensor [b].
+    """
+    b = inputs.x.shape[0]
+    positions = state.position
+    if isinstance(positions, int):
+        positions = torch.full((b,), positions, dtype=torch.long, device=inputs.x.device)
+    outputs = []
+    for t in range(inputs.x.shape[2]):
+        state = _refresh_anchors_rows(state, positions, rule)
+        if inputs.mask is not None:
+            positions = positions + (inputs.mask[:, t] != 0).long()
+        else:
+            positions = positions + 1
+        o, state = _decode_token_step(inputs, state, rule, t, positions)
+        outputs.append(o)
+    return torch.cat(outputs, dim=2), state
+
+
 __all__ = [
     "MemoryInputs",
     "MemoryRule",
     "MemoryState",
     "chunk_memory_update",
+    "decode_memory_update",
     "memory_apply",
     "naive_memory_update",
+    "packed_memory_update",
+    "shared_position",
 ]

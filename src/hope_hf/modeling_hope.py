@@ -18,18 +18,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 
 from .attention import HopeAttention
+from .cache import HopeCache
 from .cms import ContinuumMemory
 from .configuration_hope import HopeConfig
+from .model_card import write_model_card
 from .normalization import HopeRMSNorm
 from .self_modifying import IMPLEMENTATIONS, FastMemoryBank, SelfModifyingTitans
-
-
-def rotate_rows(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Roll each row of x [B, T, ...] left by `shift` [B] positions (row b: x[b, (t + shift_b) mod T])."""
-    B, T = x.shape[:2]
-    index = (torch.arange(T, device=x.device)[None, :] + shift[:, None]) % T
-    index = index.view(B, T, *([1] * (x.dim() - 2))).expand_as(x)
-    return x.gather(1, index)
 
 
 class HopeBlock(GradientCheckpointingLayer):
@@ -51,8 +45,9 @@ class HopeBlock(GradientCheckpointingLayer):
         Args:
             hidden: [B, T, D].
             position_ids: [B, T] absolute positions (used by attention).
-            attention_mask: [B, T_state + T] (attention) or [B, T] (self-modifying), 1 real / 0 padding.
-            layer_state: the layer's recurrent state before this call, or `None`.
+            attention_mask: [B, T_past + T] (attention) or [B, T] (self-modifying), 1 real / 0 padding.
+            layer_state: the layer's state before this call (a `MixerState`, or the attention's
+                (keys, values)), or `None` at the start of a sequence.
         Returns:
             hidden [B, T, D] and the layer's state after the call.
         """
@@ -88,6 +83,21 @@ class HopePreTrainedModel(PreTrainedModel):
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
                 init.zeros_(module.weight[module.padding_idx])
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained` restricted to safetensors weights: no pickle is ever loaded."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("use_safetensors must be True for Hope checkpoints (no pickle loading), got False")
+        kwargs["use_safetensors"] = True
+        return super().from_pretrained(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained` (safetensors, config, the model's own .py files), then a model
+        card `README.md` with the config summary, unless the folder holds a README.md not written by hope-hf."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(self, save_directory)
+
     def set_memory_implementation(self, implementation: str) -> None:
         """Run every self-modifying layer with `"chunk"` (default) or the token-by-token `"naive"` reference."""
         if implementation not in IMPLEMENTATIONS:
@@ -115,7 +125,7 @@ class HopeModel(HopePreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask) -> None:
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, past_length: int) -> None:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
@@ -134,11 +144,12 @@ class HopeModel(HopePreTrainedModel):
             raise ValueError(
                 f"inputs_embeds must be [batch, seq_len, {self.config.hidden_size}], got {tuple(inputs_embeds.shape)}"
             )
-        shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
-        if attention_mask is not None and tuple(attention_mask.shape) != shape:
-            raise ValueError(
-                f"attention_mask must have shape [batch, seq_len] = {list(shape)}, got {list(attention_mask.shape)}"
-            )
+        B, T = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
+        if attention_mask is not None and tuple(attention_mask.shape) not in ((B, T), (B, past_length + T)):
+            expected = f"[batch, seq_len] = {[B, T]}"
+            if past_length:
+                expected += f" or [batch, past + seq_len] = {[B, past_length + T]}"
+            raise ValueError(f"attention_mask must have shape {expected}, got {list(attention_mask.shape)}")
 
     def forward(
         self,
@@ -155,49 +166,67 @@ class HopeModel(HopePreTrainedModel):
         """
         Args:
             input_ids: [B, T] token ids.
-            attention_mask: [B, T], 1 for real tokens and 0 for padding.
-            position_ids: [B, T] (attention mixer only; defaults to 0..T-1).
+            attention_mask: [B, T] (or [B, T_past + T] with a cache, as `generate` passes it), 1 for real
+                tokens and 0 for padding, anywhere in a row (left padding for `generate`, right padding
+                for lm-eval): padding writes no state and every row gets the outputs it gets alone.
+            position_ids: [B, T] RoPE positions (attention mixer only; default: each row's count of real
+                tokens before the column, i.e. the column index without padding).
+            past_key_values: a `HopeCache` holding the state after the previous tokens; updated in place.
             inputs_embeds: [B, T, D] instead of `input_ids`.
+            use_cache: return the state in a `HopeCache` (default: `config.use_cache`; off while training
+                with gradient checkpointing).
             output_hidden_states: also return the input of every block and the final normed output.
         Returns:
-            `BaseModelOutputWithPast` with `last_hidden_state` [B, T, D].
+            `BaseModelOutputWithPast` with `last_hidden_state` [B, T, D] and `past_key_values`.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if past_key_values is not None:
-            raise NotImplementedError("HopeModel does not take a cache yet: call it with past_key_values=None")
-        self._check_inputs(input_ids, inputs_embeds, attention_mask)
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if past_key_values is not None and not isinstance(past_key_values, HopeCache):
+            raise ValueError(
+                f"past_key_values must be a HopeCache (Hope is recurrent), got {type(past_key_values).__name__}"
+            )
+        if use_cache and past_key_values is None:
+            past_key_values = HopeCache(self.config)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, past)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         B, T, _ = inputs_embeds.shape
-        if position_ids is None:
-            position_ids = torch.arange(T, device=inputs_embeds.device).unsqueeze(0).expand(B, T)
+        if past_key_values is not None:
+            attention_mask = past_key_values.full_attention_mask(attention_mask, B, T, inputs_embeds.device)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
-
-        # The memories' chunk boundaries count real tokens from the start of each sequence, so a left-padded
-        # row is rotated to put its padding last (where it writes nothing and nothing reads it), then back.
-        shift = None
+        if position_ids is None and attention_mask is not None:                       # [B, past + T]
+            # count real tokens only, as `generate` does: a padded row gets the positions it has alone
+            position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)[:, -T:]
+        elif position_ids is None:
+            position_ids = torch.arange(past, past + T, device=inputs_embeds.device).unsqueeze(0).expand(B, T)
+        # the attention mixer masks past and new columns; the self-modifying mixer only reads the new ones
+        mixer_mask = attention_mask
         if attention_mask is not None and self.config.mixer == "self_modifying":
-            shift = (attention_mask.cumsum(dim=1) == 0).sum(dim=1)                 # leading pads per row [B]
-            inputs_embeds = rotate_rows(inputs_embeds, shift)
-            attention_mask = rotate_rows(attention_mask, shift)
+            mixer_mask = attention_mask[:, -T:]
 
         hidden = inputs_embeds
         all_hidden = () if output_hidden_states else None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden += (hidden,)
-            hidden, _ = layer(hidden, position_ids, attention_mask)
+            layer_cache = past_key_values.layers[i] if past_key_values is not None else None
+            hidden, state = layer(hidden, position_ids, mixer_mask, layer_cache.state if layer_cache else None)
+            if layer_cache is not None:
+                layer_cache.update(state)
+        if past_key_values is not None:
+            past_key_values.advance(attention_mask, T)
         hidden = self.norm(hidden)
         if output_hidden_states:
             all_hidden += (hidden,)
-        if shift is not None:
-            hidden = rotate_rows(hidden, -shift)
-            all_hidden = tuple(rotate_rows(h, -shift) for h in all_hidden) if output_hidden_states else None
-        output = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=None, hidden_states=all_hidden)
+        output = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values if use_cache else None,
+                                         hidden_states=all_hidden)
         return output if return_dict else output.to_tuple()
 
 
@@ -217,14 +246,10 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     def _supports_default_dynamic_cache(cls) -> bool:
         """Hope's state is fast weights, not a key/value list: `generate` must not build a `DynamicCache`.
 
-        Until `HopeCache` exists, `generate` re-runs the whole prefix for every new token.
+        `HopeModel.forward` creates the `HopeCache` itself on the first (prefill) call; the inherited
+        `prepare_inputs_for_generation` then feeds one new token per step with that cache.
         """
         return False
-
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                                      **kwargs) -> dict:
-        """Without a cache, every generation step feeds the whole sequence so far (and keeps one logit)."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "logits_to_keep": 1}
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -288,7 +313,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        output = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=None,
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
                                         hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
 

@@ -13,7 +13,7 @@ projections, gates, convolution, output norm and gate); the inner loop (the memo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,16 @@ from torch import nn
 from transformers import initialization as init
 
 from .configuration_hope import HopeConfig
-from .memory_ops import MemoryInputs, MemoryRule, MemoryState, chunk_memory_update, naive_memory_update
+from .memory_ops import (
+    MemoryInputs,
+    MemoryRule,
+    MemoryState,
+    chunk_memory_update,
+    decode_memory_update,
+    naive_memory_update,
+    packed_memory_update,
+    shared_position,
+)
 from .normalization import HopeRMSNorm
 
 IMPLEMENTATIONS = {"chunk": chunk_memory_update, "naive": naive_memory_update}
@@ -29,15 +38,25 @@ IMPLEMENTATIONS = {"chunk": chunk_memory_update, "naive": naive_memory_update}
 
 @dataclass
 class MixerState:
-    """Recurrent state of one self-modifying layer.
+    """Recurrent state of one self-modifying layer (what `HopeCache` keeps per layer).
 
     Attributes:
-        conv: [B, D, conv_window − 1] the last inputs of the causal convolution.
-        memory: fast weights of the memories (float32 or wider).
+        conv: [B, D, conv_window − 1] each row's last real inputs of the causal convolution (float32 or wider).
+        memory: fast weights of the memories (float32 or wider); `memory.position` counts each row's real
+            tokens (an int, or a LongTensor [B] once rows differ).
     """
 
     conv: torch.Tensor
     memory: MemoryState
+
+    def map_tensors(self, fn) -> "MixerState":
+        """A new state with `fn` applied to every tensor (e.g. `index_select` over the batch)."""
+        return MixerState(fn(self.conv), self.memory.map_tensors(fn))
+
+
+def pack_order(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] indices that move each row's real tokens to the front, in order, and its padding to the end."""
+    return torch.sort((attention_mask == 0).to(torch.int8), dim=1, stable=True).indices
 
 
 class FastMemoryBank(nn.Module):
@@ -139,10 +158,10 @@ class SelfModifyingTitans(nn.Module):
         init.copy_(self.conv.weight, weight)
 
     def initial_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MixerState:
-        """The state before the first token; the memory state is float32 (or float64 for float64 models)."""
+        """The state before the first token, in float32 (float64 for float64 models) whatever the model's dtype."""
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         D, window = self.config.hidden_size, self.config.conv_window
-        conv = torch.zeros(batch_size, D, window - 1, device=device, dtype=dtype)
+        conv = torch.zeros(batch_size, D, window - 1, device=device, dtype=state_dtype)
         memory = MemoryState.initial(self.memories.w_in, self.memories.w_out, batch_size, self.rule.momentum,
                                      dtype=state_dtype)
         return MixerState(conv, memory)
@@ -155,6 +174,15 @@ class SelfModifyingTitans(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 state: MixerState | None = None) -> tuple[torch.Tensor, MixerState]:
         """
+        Padding may sit anywhere in a row: each row is packed (real tokens first, in order) so that the
+        convolution, the chunk boundaries and the carried state see only its real tokens, exactly as if
+        it ran alone, and the outputs are put back in place (outputs at padded positions are unused).
+
+        Memory paths: a call of several tokens with every row at the same position runs
+        `self.implementation` (chunk-wise by default; `packed_memory_update` when padded); a one-token
+        call, or rows at different positions (after a padded prefill), runs `decode_memory_update`
+        (token by token, per-row positions; exact, slower for long calls).
+
         Args:
             hidden: [B, T, D] normalised input of the block.
             attention_mask: [B, T] 1 for real tokens, 0 for padding (padding writes no memory).
@@ -165,12 +193,22 @@ class SelfModifyingTitans(nn.Module):
         B, T, D = hidden.shape
         if state is None:
             state = self.initial_state(B, hidden.device, hidden.dtype)
+        order = lengths = None
         if attention_mask is not None:
-            hidden = hidden * attention_mask[..., None].to(hidden.dtype)
+            order = pack_order(attention_mask)
+            attention_mask = attention_mask.gather(1, order)
+            hidden = hidden.gather(1, order[..., None].expand_as(hidden)) * attention_mask[..., None].to(hidden.dtype)
+            lengths = (attention_mask != 0).sum(dim=1)                          # real tokens per row [B]
         # causal depthwise convolution over [previous inputs, this call]
+        window = state.conv.shape[2]
         conv_in = torch.cat([state.conv.to(hidden.dtype), hidden.transpose(1, 2)], dim=2)
         x = F.silu(self.conv(conv_in).transpose(1, 2))                     # x̃ [B, T, D]
-        new_conv = conv_in[:, :, conv_in.shape[2] - state.conv.shape[2]:]
+        if lengths is None:
+            new_conv = conv_in[:, :, T:]
+        else:                                                              # each row's last real inputs
+            index = (lengths[:, None] + torch.arange(window, device=hidden.device))[:, None, :]
+            new_conv = conv_in.gather(2, index.expand(B, D, window))
+        new_conv = new_conv.to(state.conv.dtype)
 
         static = {}
         for name in ("q", "k", "v"):
@@ -197,7 +235,18 @@ class SelfModifyingTitans(nn.Module):
                 momentum=torch.sigmoid(cast(self.momentum_logit)) if self.rule.momentum else None,
                 mask=attention_mask,
             )
-            o, memory = IMPLEMENTATIONS[self.implementation](inputs, state.memory, self.rule)
+            position = shared_position(state.memory.position) if T > 1 else None
+            if position is None:
+                o, memory = decode_memory_update(inputs, state.memory, self.rule)
+            else:
+                update = IMPLEMENTATIONS[self.implementation]
+                memory = replace(state.memory, position=position)
+                if lengths is None:
+                    o, memory = update(inputs, memory, self.rule)
+                else:
+                    o, memory = packed_memory_update(update, inputs, memory, self.rule, lengths)
         o = self.o_norm(o.to(hidden.dtype)).transpose(1, 2).reshape(B, T, D)
         y = self.o_proj(o * F.silu(self.g_proj(x)))
+        if order is not None:
+            y = y.gather(1, order.argsort(dim=1)[..., None].expand_as(y))
         return y, MixerState(new_conv, memory)
