@@ -112,6 +112,8 @@ def test_bad_input_gets_one_clear_error_line(files, tmp_path, capsys):
     assert "holds another run" in line and "--resume" in line and "--overwrite" in line
     line = run_error(capsys, [*base, "--config", files["config"], "--resume"])
     assert "no complete checkpoint" in line
+    line = run_error(capsys, [*base, "--config", files["config"], "--resume", "--overwrite"])
+    assert "--resume and --overwrite exclude each other" in line
     line = run_error(capsys, ["eval", str(tmp_path / "no-model")])
     assert "no model at" in line
 
@@ -194,14 +196,14 @@ def test_two_process_ddp_takes_the_steps_of_one_process_with_twice_the_batch(fil
     """`accelerate launch --num_processes 2` with batch 2 per process: as many optimiser steps as one process
     with batch 4 (the global batch is the same), on CPU with the gloo backend."""
     single = tmp_path / "single"
-    assert main(train_args(files, single, "--epochs", "1", "--batch-size", "4", "--save-steps", "1000")) == 0
+    subset = ("--train-split", "train[:120]", "--epochs", "1", "--save-steps", "1000")
+    assert main(train_args(files, single, *subset, "--batch-size", "4")) == 0
     ddp = tmp_path / "ddp"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(REPO / "accelerate_configs" / "ddp.yaml"), "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hope_hf.cli"]
-    proc = subprocess.run([*launch, *train_args(files, ddp, "--epochs", "1", "--batch-size", "2", "--save-steps",
-                                                "1000")], capture_output=True, text=True, env=subprocess_env(),
-                          timeout=500)
+    proc = subprocess.run([*launch, *train_args(files, ddp, *subset, "--batch-size", "2")], capture_output=True,
+                          text=True, env=subprocess_env(), timeout=500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     one, two = (json.loads((d / RESULTS_FILE).read_text()) for d in (single, ddp))
     assert two["world_size"] == 2 and one["world_size"] == 1

@@ -39,8 +39,8 @@ RESULTS_FILE = "results.json"
 #: Settings that must not change when a run is resumed (the others, e.g. `--max-steps`, may).
 RESUME_SETTINGS = ("config", "data", "data_config", "text_column", "train_split", "validation_split",
                    "validation_fraction", "sample_by", "tokenizer", "vocab_size", "block_size", "batch_size",
-                   "gradient_accumulation_steps", "optimizer", "schedule", "lr", "weight_decay", "lr_scheduler",
-                   "warmup_steps", "max_grad_norm", "bf16", "seed")
+                   "gradient_accumulation_steps", "optimizer", "schedule", "schedule_warmup_steps", "lr",
+                   "weight_decay", "lr_scheduler", "warmup_steps", "max_grad_norm", "bf16", "seed")
 
 #: The evaluation tasks of `hope-hf eval --tasks` (the lm-eval suite plugs in here later).
 EVAL_TASKS = ("perplexity",)
@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CMS update schedule: level j steps every update_period_j steps with the summed "
                             "gradients (HopeScheduleCallback); --no-schedule updates every level every step. "
                             "Ignored for non-Hope models")
+    optim.add_argument("--schedule-warmup-steps", type=int, default=0,
+                       help="CMS schedule warm-up: every level steps every step for the first N steps, the periods "
+                            "count from there")
     optim.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     optim.add_argument("--weight-decay", type=float, default=0.1, help="decoupled weight decay")
     optim.add_argument("--lr-scheduler", default="cosine",
@@ -475,12 +478,16 @@ def train_command(args: argparse.Namespace) -> int:
     """`hope-hf train`: see the subcommand's help."""
     _check_positive(args, "batch_size", "gradient_accumulation_steps", "max_steps", "epochs", "lr", "save_steps",
                     "logging_steps", "eval_steps", "max_eval_blocks", "vocab_size")
-    if args.warmup_steps < 0:
-        raise CliError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    for name in ("warmup_steps", "schedule_warmup_steps"):
+        if getattr(args, name) < 0:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     config = _load_config(args.config)
+    is_hope = config.model_type == "hope"
+    if is_hope and args.schedule and os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise CliError("the CMS schedule (HopeScheduleCallback) does not support FSDP: pass --no-schedule "
+                       "(every level then steps every step), or use DDP")
     _check_block_size(args.block_size, config)
 
-    import torch
     from transformers import AutoModelForCausalLM, set_seed
 
     import hope_hf  # noqa: F401  (registers model_type "hope" with the Auto classes)
@@ -523,7 +530,6 @@ def train_command(args: argparse.Namespace) -> int:
         setattr(config, name, getattr(tokenizer, name))
     set_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config)
-    is_hope = config.model_type == "hope"
     if state.is_main_process:
         print(f"model: {config.model_type} ({args.config}), {count_parameters(model):,} parameters; data: "
               f"{len(train_blocks)} training blocks of {args.block_size} tokens; optimizer {args.optimizer}"
@@ -533,7 +539,7 @@ def train_command(args: argparse.Namespace) -> int:
     stopper = stop_on_signal_callback() if state.num_processes == 1 else None
     trainer = make_trainer(
         model, training_args, train_blocks, eval_blocks,
-        optimizer=args.optimizer, schedule=args.schedule and is_hope,
+        optimizer=args.optimizer, schedule=args.schedule and is_hope, warmup_steps=args.schedule_warmup_steps,
         callbacks=[stopper] if stopper is not None else None, data_collator=collate_blocks,
     )
     trainer.train(resume_from_checkpoint=resume_from)
