@@ -469,9 +469,18 @@ def _training_arguments(args: argparse.Namespace):
         data_seed=args.seed,
         disable_tqdm=args.no_progress,
         dataloader_pin_memory=torch.cuda.is_available(),
-        # several processes and no GPU: DDP over gloo on CPU (accelerate would otherwise see no distributed setup)
-        use_cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
+        # no accelerator: say so, so that bf16 autocast runs on CPU and several processes run DDP over gloo
+        # (otherwise the Trainer refuses bf16 and `accelerate launch` ranks see no distributed setup)
+        use_cpu=not _has_accelerator(),
     )
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return (torch.cuda.is_available() or torch.backends.mps.is_available()
+            or (xpu is not None and xpu.is_available()))
 
 
 def train_command(args: argparse.Namespace) -> int:
