@@ -107,8 +107,9 @@ def test_bad_data_gives_clear_errors(tmp_path, tokenizer):
 def test_unreachable_hub_dataset_suggests_the_embedded_corpus(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(DataError, match="--data embedded"):
-        load_text_dataset("surely-not-a-dataset-hope-hf", cache_dir=tmp_path / "cache")
+    for name in ("surely-not-a-dataset-hope-hf", "some-org/surely-not-a-dataset"):
+        with pytest.raises(DataError, match=f"Hub dataset '{name}'.*--data embedded"):
+            load_text_dataset(name, cache_dir=tmp_path / "cache")
 
 
 def test_embedded_corpus_is_deterministic_english_and_held_out(tmp_path):

@@ -58,6 +58,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Shows defaults and keeps the line breaks of descriptions and epilogs."""
 
 
+def _wrap(text: str, width: int = 100) -> str:
+    """Wrap each paragraph (separated by a blank line) of a description to `width` columns."""
+    import textwrap
+
+    return "\n\n".join(textwrap.fill(" ".join(p.split()), width) for p in text.split("\n\n"))
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data", default="embedded",
@@ -93,15 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", formatter_class=_HelpFormatter, help="train a model from modeling_configs/ (or a config file)",
-        description="Train Hope (or a Transformer baseline) with the Hugging Face Trainer.\n\n"
+        description=_wrap("Train Hope (or a Transformer baseline) with the Hugging Face Trainer.\n\n"
                     "The output folder receives the tokenizer and the settings at the start (hope_run.json), "
                     "a checkpoint every --save-steps steps (model, optimiser, LR scheduler, CMS schedule state, "
                     "data position, RNG), TensorBoard logs in runs/, and at the end the shareable model "
                     "(model.safetensors, config.json, the model's .py files, tokenizer), trainer_state.json "
-                    "(every logged metric) and results.json (steps, losses, held-out perplexity).\n"
+                    "(every logged metric) and results.json (steps, losses, held-out perplexity).\n\n"
                     "Ctrl-C saves a checkpoint at the current step; rerun the same command with --resume to "
                     "continue exactly where it stopped. Under `accelerate launch` the same command runs DDP "
-                    "or FSDP (see accelerate_configs/).",
+                    "or FSDP (see accelerate_configs/)."),
         epilog="examples:\n"
                "  hope-hf train --config hope-tiny --max-steps 200 --output-dir runs/hope-tiny\n"
                "  hope-hf train --config transformer-tiny --tokenizer runs/hope-tiny --max-steps 200 "
@@ -167,10 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser(
         "eval", formatter_class=_HelpFormatter, help="evaluate a trained model (held-out perplexity)",
-        description="Evaluate a saved model folder.\n\nperplexity: exact token-level perplexity on the held-out "
+        description=_wrap("Evaluate a saved model folder.\n\nperplexity: exact token-level perplexity on the held-out "
                     "split of --data, packed into --block-size blocks like training (each block scored on its "
                     "own), computed directly rather than with `evaluate`'s perplexity metric, which downloads "
-                    "a model by name. The lm-eval suite will plug in as further --tasks.",
+                    "a model by name. The lm-eval suite will plug in as further --tasks."),
         epilog="example:\n  hope-hf eval runs/hope-tiny --data embedded --block-size 128")
     ev.add_argument("model", help="a folder written by `hope-hf train` or save_pretrained")
     ev.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: the model folder)")
@@ -184,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser(
         "generate", formatter_class=_HelpFormatter, help="continue a prompt, streaming the text",
-        description="Generate text from a saved model, printed token by token as it is produced. "
+        description=_wrap("Generate text from a saved model, printed token by token as it is produced. "
                     "Until the recurrent cache lands, Hope re-reads the whole prefix for every new token: keep "
-                    "--max-new-tokens modest on a CPU.",
+                    "--max-new-tokens modest on a CPU."),
         epilog='example:\n  hope-hf generate runs/hope-tiny --prompt "Return the number of" --max-new-tokens 40')
     gen.add_argument("model", help="a folder written by `hope-hf train` or save_pretrained")
     gen.add_argument("--prompt", required=True, help="the text to continue")
@@ -200,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", formatter_class=_HelpFormatter, help="tokens/s of Hope beside a same-size Llama",
-        description="Training (forward + backward + AdamW) and inference tokens/s of Hope and of a Llama with "
+        description=_wrap("Training (forward + backward + AdamW) and inference tokens/s of Hope and of a Llama with "
                     "the same width, depth, heads, vocabulary and parameter count, with Hope / Llama ratios "
-                    "(medians of --repeats steps after --warmup).",
+                    "(medians of --repeats steps after --warmup)."),
         epilog="example:\n  hope-hf bench --lengths 512 2048 --repeats 3 --json bench.json")
     bench.add_argument("--hidden-size", type=int, default=256)
     bench.add_argument("--layers", type=int, default=4)

@@ -141,9 +141,9 @@ def _local_files(data: str) -> tuple[str, list[str]] | None:
             raise DataError(f"data folder {path} holds no {'/'.join(sorted(FILE_BUILDERS))} files")
     elif path.is_file():
         files = [str(path)]
-    elif path.suffix.lower() in FILE_BUILDERS or os.sep in data or data.startswith("."):
+    elif path.suffix.lower() in FILE_BUILDERS or data.startswith((".", os.sep, "~")):
         raise DataError(f"data file not found: {data}")
-    else:
+    else:       # a Hub id such as "wikitext" or "HuggingFaceFW/fineweb-edu"
         return None
     suffixes = {Path(f).suffix.lower() for f in files}
     builders = {FILE_BUILDERS.get(s) for s in suffixes}

@@ -168,7 +168,7 @@ def _report_markdown(m: dict, plot_name: str) -> str:
         f"| {name} | {r['parameters']:,} | {r['first_loss']:.3f} | {r['last_loss']:.3f} | "
         f"{r['validation']['perplexity']:.2f} | {r['train_seconds']:.0f} |\n"
         for name, r in (("hope-tiny (Hope)", hope), ("transformer-tiny (Llama)", llama)))
-    samples = "".join(f"- {name}: `{text}`\n" for name, text in m["samples"].items())
+    samples = "".join(f"{name}:\n\n```text\n{text.rstrip()}\n```\n\n" for name, text in m["samples"].items())
     return (
         "# hope-hf main job: Hope vs a same-size Transformer\n\n"
         f"Both trained with `hope-hf train` on the embedded corpus (Python standard-library docstrings and "
@@ -182,7 +182,7 @@ def _report_markdown(m: dict, plot_name: str) -> str:
         f"\n![training loss of both models]({plot_name})\n\n"
         f"Reloaded Hope checkpoint: held-out perplexity {m['reloaded_hope_perplexity']:.4f} "
         f"({'identical to' if m['reload_exact'] else 'DIFFERENT from'} the one measured after training).\n\n"
-        f"Greedy samples for the prompt `{m['prompt']}`:\n\n{samples}\n"
+        f"Greedy samples for the prompt `{m['prompt']}` (trailing blank lines cut):\n\n{samples}"
         f"Checkpoints (model.safetensors, config, the model's .py files, tokenizer): `{m['paths']['hope_model']}`, "
         f"`{m['paths']['transformer_model']}`.\n\nWall time: {m['seconds']['total']:.0f} s "
         f"(Hope training {m['seconds']['hope_training']:.0f} s, Transformer training "
