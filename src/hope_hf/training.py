@@ -127,5 +127,38 @@ def make_trainer(model: nn.Module, args: TrainingArguments, train_dataset, eval_
                        callbacks=all_callbacks, **trainer_kwargs)
 
 
-__all__ = ["OPTIMIZERS", "HopeScheduleCallback", "HopeTrainer", "build_optimizer", "make_trainer",
-           "optimizer_cls_and_kwargs"]
+#: Linear layers LoRA adapts by default, where the model has them: the mixer's projections (self-modifying:
+#: `q_proj`, `g_proj`, `o_proj`, plus `k_proj`, `v_proj` when k / v are static; attention: `q/k/v/o_proj`) and
+#: every CMS level's `gate_proj`, `up_proj`, `down_proj`. Not the static rate gates (`eta_proj`, `alpha_proj`,
+#: H outputs), the embeddings or the head.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "g_proj", "gate_proj", "up_proj", "down_proj")
+#: The meta-learned initial states A⁰, B⁰ of the self-modifying memories (`FastMemoryBank`, module name `memories`).
+MEMORY_INIT_MODULES = ("memories",)
+
+
+def lora_config(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.0, train_memory_init: bool = False,
+                **kwargs: Any):
+    """A `peft.LoraConfig` for a Hope model.
+
+    Args:
+        model: the base model; `target_modules` defaults to the names of `LORA_TARGET_MODULES` it contains.
+        r, alpha, dropout: LoRA rank, `lora_alpha`, `lora_dropout`.
+        train_memory_init: also train the memories' meta-learned initial states (`modules_to_save=["memories"]`:
+            a full trainable copy saved with the adapter); `False` leaves them frozen.
+        **kwargs: any other `LoraConfig` field (e.g. `target_modules`, `modules_to_save`, `bias`).
+    """
+    from peft import LoraConfig
+
+    present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    kwargs.setdefault("target_modules", [name for name in LORA_TARGET_MODULES if name in present])
+    if train_memory_init:
+        has_memories = any(name.rsplit(".", 1)[-1] in MEMORY_INIT_MODULES for name, _ in model.named_modules())
+        if not has_memories:
+            raise ValueError("train_memory_init=True, but the model has no self-modifying memories (mixer='attention'?)")
+        kwargs["modules_to_save"] = [*(kwargs.get("modules_to_save") or []), *MEMORY_INIT_MODULES]
+    kwargs.setdefault("task_type", "CAUSAL_LM")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, **kwargs)
+
+
+__all__ = ["LORA_TARGET_MODULES", "MEMORY_INIT_MODULES", "OPTIMIZERS", "HopeScheduleCallback", "HopeTrainer",
+           "build_optimizer", "lora_config", "make_trainer", "optimizer_cls_and_kwargs"]
