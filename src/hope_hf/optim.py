@@ -14,7 +14,7 @@ Notation (per parameter tensor `p` with gradient `g`):
     DeltaMomentum (Eq. 48-49):  b ← μ b − β (b·ĝ) ĝ + g,   p ← p − lr · b
     DMGD          (Eq. 50-52):  p ← p − lr · σ(m_φ(u)),    φ ← φ − η_φ ∇_φ ½ mean (m_φ(u_prev) − g/s)²
     M3            (§7.2, Alg. 1): M₁ ← EMA_β₁(g), M₂ ← EMA_β₃(Σ_period g) every `slow_period` steps,
-                  V ← EMA_β₂(g²),  p ← p − lr · (NS(M₁) + α NS(M₂)) / (√V̂ + ε)
+                  p ← p − lr · (NS(M₁) + α NS(M₂))   [/ (√V̂ + ε), V ← EMA_β₂(g²), with `second_moment`]
 
 All three are `torch.optim.Optimizer`s: param groups, closures, `state_dict` holding only tensors and
 plain Python values (Trainer reloads it with `weights_only=True`), and parameters whose `.grad` is
@@ -39,10 +39,11 @@ from .self_modifying import FastMemoryBank
 
 #: What a parameter is, for the optimisers: how it is updated and whether it decays.
 #:   matrix     weights of `nn.Linear` layers (projections, CMS levels, LoRA factors): orthogonalised by M3
-#:   memory     meta-learned initial states A⁰ [H, M, h, d], B⁰ [H, M, d, h]: stacks of matrices, M3 batched
+#:   memory     meta-learned initial states A⁰ [H, M, h, d], B⁰ [H, M, d, h]: stacks of matrices, M3 orthogonalises
+#:              each [h, d] / [d, h] matrix; not weight-decayed by default
 #:   embedding  input embeddings and the output head: AdamW inside M3 (as Muon does)
 #:   vector     everything else (norm weights, biases, gates, per-head scalars, the depthwise conv):
-#:              AdamW inside M3, never weight-decayed
+#:              AdamW inside M3, not weight-decayed by default
 PARAM_KINDS = ("matrix", "memory", "embedding", "vector")
 DECAYED_KINDS = ("matrix", "embedding")
 _CMS_LEVEL = re.compile(r"(?:^|\.)cms\.levels\.(\d+)\.")
@@ -216,47 +217,52 @@ class DeltaMomentum(Optimizer):
         loss = _closure_loss(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
             grads = [_grad_of(p, "DeltaMomentum") for p in params]
-            first = [("momentum_buffer" not in self.state[p]) for p in params]
-            for p, g, is_first in zip(params, grads, first):
-                if is_first:
-                    self.state[p]["momentum_buffer"] = g.clone()
-            rest = [i for i, f in enumerate(first) if not f]
-            update = self._foreach_update if group["foreach"] in (None, True) else self._reference_update
-            update([params[i] for i in rest], [grads[i] for i in rest], group)
-            bufs = [self.state[p]["momentum_buffer"] for p in params]
-            if group["weight_decay"]:
-                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+            update = self._reference_update if group["foreach"] is False else self._foreach_update
+            update(params, grads, group)
         return loss
 
     def _reference_update(self, params: list[torch.Tensor], grads: list[torch.Tensor], group: dict) -> None:
-        """b ← μ b − β (b·ĝ) ĝ + g, one tensor at a time (the readable twin of `_foreach_update`)."""
-        momentum, erase = group["momentum"], group["erase"]
+        """One tensor at a time (the readable twin of `_foreach_update`)."""
+        lr, momentum, erase, decay = group["lr"], group["momentum"], group["erase"], group["weight_decay"]
         for p, g in zip(params, grads):
-            b = self.state[p]["momentum_buffer"]
-            if erase == 0:
-                b.mul_(momentum).add_(g)
-                continue
-            coefficient = self._gradient_coefficient((b * g).sum(), (g * g).sum(), erase)
-            b.mul_(momentum).add_(g * coefficient)
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = g.clone()               # b₀ = 0, so b₁ = g (as SGD)
+            elif erase == 0:
+                state["momentum_buffer"].mul_(momentum).add_(g)
+            else:
+                b = state["momentum_buffer"]
+                coefficient = self._gradient_coefficient((b * g).sum(), (g * g).sum(), erase)
+                b.mul_(momentum).add_(g * coefficient)
+            if decay:
+                p.mul_(1 - lr * decay)
+            p.add_(state["momentum_buffer"], alpha=-lr)
 
     def _foreach_update(self, params: list[torch.Tensor], grads: list[torch.Tensor], group: dict) -> None:
         if not params:
             return
-        momentum, erase = group["momentum"], group["erase"]
-        bufs = [self.state[p]["momentum_buffer"] for p in params]
-        if erase == 0:
-            torch._foreach_mul_(bufs, momentum)
-            torch._foreach_add_(bufs, grads)
-            return
-        dots = [t.sum() for t in torch._foreach_mul(bufs, grads)]
-        squares = [t.sum() for t in torch._foreach_mul(grads, grads)]
-        torch._foreach_mul_(bufs, momentum)
-        for b, g, dot, square in zip(bufs, grads, dots, squares):
-            b.add_(g * self._gradient_coefficient(dot, square, erase))
+        lr, momentum, erase, decay = group["lr"], group["momentum"], group["erase"], group["weight_decay"]
+        old_bufs, old_grads = [], []
+        for p, g in zip(params, grads):
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = g.clone()
+            else:
+                old_bufs.append(state["momentum_buffer"])
+                old_grads.append(g)
+        if old_bufs and erase == 0:
+            torch._foreach_mul_(old_bufs, momentum)
+            torch._foreach_add_(old_bufs, old_grads)
+        elif old_bufs:
+            dots = [t.sum() for t in torch._foreach_mul(old_bufs, old_grads)]
+            squares = [t.sum() for t in torch._foreach_mul(old_grads, old_grads)]
+            torch._foreach_mul_(old_bufs, momentum)
+            for b, g, dot, square in zip(old_bufs, old_grads, dots, squares):
+                b.add_(g * self._gradient_coefficient(dot, square, erase))
+        if decay:
+            torch._foreach_mul_(params, 1 - lr * decay)
+        torch._foreach_add_(params, [self.state[p]["momentum_buffer"] for p in params], alpha=-lr)
 
     @staticmethod
     def _gradient_coefficient(dot: torch.Tensor, square: torch.Tensor, erase: float) -> torch.Tensor:

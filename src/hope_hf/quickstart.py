@@ -1,15 +1,15 @@
-"""The main job (`bash run.sh`): a tiny Hope trained, checked, saved, reloaded and sampled on a CPU.
+"""The main job (`bash run.sh`): Hope against a same-size Transformer on a CPU, from nothing to a report.
 
-Steps, each printed as it runs:
-1. build an English corpus from the docstrings of the Python standard library (every Python has it:
-   no download), split into train / held-out;
-2. train a byte-level BPE tokenizer on the train split (`tokenizers`);
-3. train a tiny Hope for `--steps` AdamW steps on fixed-length blocks;
-4. measure held-out perplexity before and after training;
-5. save model + tokenizer with `save_pretrained` (safetensors), reload with `AutoModelForCausalLM`
-   and check the reloaded logits are identical;
-6. generate a greedy sample with `generate` (it re-runs the prefix per token until the recurrent cache lands);
-7. write `report.md` and `metrics.json` and print their paths.
+Steps, each printed as it runs (training goes through `hope-hf train`, the same code users run):
+1. train `hope-tiny` (modeling_configs/hope-tiny.json) on the embedded corpus (Python standard-library
+   docstrings and language reference, built at run time, no download) with a byte-level BPE trained on
+   its training split: AdamW, cosine LR, the CMS update schedule;
+2. train a Llama with the same width, depth, heads, vocabulary and parameter count
+   (`hope_hf.baselines.matched_llama_config`) identically: same tokenizer, blocks, order, steps, LR;
+3. reload the saved Hope folder and recompute its held-out perplexity (`hope-hf eval`): it must equal the
+   one measured at the end of training (the checkpoint is exact);
+4. generate a greedy sample from each model;
+5. write `report.md` with a PNG of both loss curves, and `metrics.json`; print their paths.
 
     .venv/bin/python -m hope_hf.quickstart --steps 150 --output-dir outputs/quickstart
 """
@@ -17,200 +17,177 @@ Steps, each printed as it runs:
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
-import math
-import pkgutil
 import time
-import warnings
 from pathlib import Path
 
-import torch
+from .cli import RESULTS_FILE, main as hope_hf
 
-from .baselines import count_parameters
-from .configuration_hope import HopeConfig
-from .modeling_hope import HopeForCausalLM
-
-# Standard-library modules whose docstrings make a deterministic English corpus.
-CORPUS_MODULES = (
-    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs",
-    "collections", "colorsys", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal",
-    "difflib", "doctest", "email", "enum", "filecmp", "fnmatch", "fractions", "ftplib", "functools",
-    "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http", "imaplib",
-    "inspect", "io", "ipaddress", "itertools", "json", "logging", "mailbox", "math", "mimetypes",
-    "numbers", "operator", "optparse", "os", "pathlib", "pdb", "pickle", "pkgutil", "platform",
-    "plistlib", "poplib", "pprint", "profile", "queue", "random", "re", "reprlib", "sched",
-    "secrets", "selectors", "shelve", "shlex", "shutil", "signal", "smtplib", "socket",
-    "socketserver", "statistics", "string", "struct", "subprocess", "tarfile", "tempfile",
-    "textwrap", "threading", "timeit", "tokenize", "trace", "traceback", "types", "typing",
-    "unittest", "urllib", "uuid", "warnings", "wave", "weakref", "xml", "zipfile", "zoneinfo",
-)
+PROMPT = "Return the number of"
 
 
-def stdlib_documents(min_chars: int = 200) -> list[str]:
-    """Docstrings of the modules above and of their public classes, functions and methods, in a fixed order."""
-    seen, docs = set(), []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in CORPUS_MODULES:
-            try:
-                module = importlib.import_module(name)
-            except ImportError:
-                continue
-            objects = [module]
-            for attr in sorted(dir(module)):
-                if attr.startswith("_"):
-                    continue
-                obj = getattr(module, attr, None)
-                if inspect.isclass(obj) or inspect.isfunction(obj):
-                    objects.append(obj)
-                    if inspect.isclass(obj):
-                        objects += [getattr(obj, m) for m in sorted(vars(obj)) if not m.startswith("_")
-                                    and inspect.isfunction(getattr(obj, m, None))]
-            for obj in objects:
-                doc = inspect.getdoc(obj)
-                if doc and len(doc) >= min_chars and doc not in seen:
-                    seen.add(doc)
-                    docs.append(doc.strip())
-    return docs
+def loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    """Logged training losses of a `hope-hf train` folder: (steps, losses)."""
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    entries = [entry for entry in state["log_history"] if "loss" in entry]
+    return [entry["step"] for entry in entries], [entry["loss"] for entry in entries]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
-    """A byte-level BPE trained on `texts`, wrapped as a `PreTrainedTokenizerFast`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def plot_losses(runs: dict[str, Path], results: dict[str, dict], path: Path) -> None:
+    """One PNG with the training-loss curve of each run; the legend gives the held-out perplexity."""
+    import matplotlib
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for name, run_dir in runs.items():
+        steps, losses = loss_curve(run_dir)
+        ppl = results[name]["validation"]["perplexity"]
+        ax.plot(steps, losses, label=f"{name} ({results[name]['parameters']:,} params, held-out ppl {ppl:.1f})")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title("hope-tiny vs a same-size Transformer on Python docstrings")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
-def pack(token_lists: list[list[int]], eos_id: int, block: int) -> torch.Tensor:
-    """Concatenate documents with EOS between them and cut into [N, block] blocks (the tail is dropped)."""
-    stream = [t for tokens in token_lists for t in (*tokens, eos_id)]
-    n = len(stream) // block
-    return torch.tensor(stream[: n * block]).view(n, block)
+def greedy_sample(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
+    """A greedy continuation of `prompt` by the saved model in `model_dir`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hope_hf  # noqa: F401  (registers the Hope Auto classes)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
-@torch.no_grad()
-def perplexity(model: HopeForCausalLM, blocks: torch.Tensor, batch_size: int) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(blocks), batch_size):
-        batch = blocks[i: i + batch_size]
-        loss = model(batch, labels=batch).loss
-        n = batch.shape[0] * (batch.shape[1] - 1)
-        total, count = total + loss.item() * n, count + n
-    return math.exp(total / count)
+def run(argv: list[str], what: str) -> None:
+    print(f"\n$ hope-hf {' '.join(argv)}", flush=True)
+    code = hope_hf(argv)
+    if code != 0:
+        raise SystemExit(f"{what} failed (exit status {code})")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="outputs/quickstart")
-    parser.add_argument("--steps", type=int, default=150, help="AdamW steps (about 1 s each on 2 CPU cores)")
-    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--output-dir", default="outputs/quickstart", help="replaced on every run")
+    parser.add_argument("--steps", type=int, default=150, help="optimiser steps of each model")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--vocab-size", type=int, default=2048)
+    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--sample-tokens", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
     start = time.time()
+    hope_dir, llama_dir = out / "hope-tiny", out / "transformer-tiny"
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    common = ["--data", "embedded", "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
+              "--block-size", str(args.block_size), "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps),
+              "--logging-steps", "5", "--save-steps", str(args.steps), "--save-total-limit", "1",
+              "--seed", str(args.seed), "--overwrite"]
 
-    docs = stdlib_documents()
-    held_out, train_docs = docs[::20], [d for i, d in enumerate(docs) if i % 20]
-    print(f"[1/7] corpus: {len(docs)} standard-library docstrings, {sum(map(len, docs)) / 1e6:.2f} MB "
-          f"({len(train_docs)} train / {len(held_out)} held out)", flush=True)
+    print(f"[1/5] Hope: hope-tiny on the embedded corpus, {args.steps} steps of {args.batch_size} x "
+          f"{args.block_size} tokens", flush=True)
+    run([*threads, "train", "--config", "hope-tiny", *common, "--output-dir", str(hope_dir)], "training Hope")
+    hope_seconds = time.time() - start
 
-    tokenizer = train_tokenizer(train_docs, args.vocab_size)
-    print(f"[2/7] tokenizer: byte-level BPE, {len(tokenizer)} tokens", flush=True)
-    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
-    train_blocks = pack(encode(train_docs), tokenizer.eos_token_id, args.block_size)
-    eval_blocks = pack(encode(held_out), tokenizer.eos_token_id, args.block_size)
+    from transformers import AutoConfig
 
-    config = HopeConfig(
-        vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=4, num_heads=4,
-        projection_chunk_size=16, memory_chunk_size=32, tie_word_embeddings=True,
-        cms_levels=[{"intermediate_size": 128, "update_period": 1}, {"intermediate_size": 128, "update_period": 1}],
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    model = HopeForCausalLM(config)
-    n_params = count_parameters(model)
-    ppl_before = perplexity(model, eval_blocks, args.batch_size)
-    print(f"[3/7] model: Hope, {n_params:,} parameters; training {args.steps} steps on "
-          f"{len(train_blocks)} blocks of {args.block_size} tokens", flush=True)
+    import hope_hf  # noqa: F401
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-    order = torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(args.seed))
-    losses = []
-    model.train()
-    for step in range(args.steps):
-        idx = order[(step * args.batch_size + torch.arange(args.batch_size)) % len(order)]
-        batch = train_blocks[idx]
-        loss = model(batch, labels=batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 10 == 0 or step == args.steps - 1:
-            print(f"      step {step:4d}  loss {loss.item():.3f}  ({time.time() - start:.0f} s)", flush=True)
-    ppl_after = perplexity(model, eval_blocks, args.batch_size)
-    print(f"[4/7] held-out perplexity: {ppl_before:.1f} before training, {ppl_after:.1f} after", flush=True)
+    from .baselines import matched_llama_config
 
-    model_dir = out / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    llama_config = matched_llama_config(AutoConfig.from_pretrained(hope_dir))
+    llama_config_path = out / "transformer-tiny.json"
+    llama_config.to_json_file(llama_config_path)
+    print(f"\n[2/5] Transformer: a Llama of the same width, depth, heads, vocabulary and size "
+          f"(MLP width {llama_config.intermediate_size}), trained identically", flush=True)
+    run([*threads, "train", "--config", str(llama_config_path), "--tokenizer", str(hope_dir), *common,
+         "--output-dir", str(llama_dir)], "training the Transformer")
+    llama_seconds = time.time() - start - hope_seconds
 
-    reloaded = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    reloaded_tok = AutoTokenizer.from_pretrained(model_dir)
-    probe = eval_blocks[:2]
-    model.eval()
-    identical = torch.equal(model(probe).logits, reloaded(probe).logits)
-    print(f"[5/7] saved to {model_dir} ({', '.join(sorted(p.name for p in model_dir.iterdir()))}); "
-          f"reloaded logits identical: {identical}", flush=True)
-    if not identical:
-        raise SystemExit("reloaded model differs from the saved one")
+    results = {name: json.loads((d / RESULTS_FILE).read_text())
+               for name, d in (("hope-tiny", hope_dir), ("transformer-tiny", llama_dir))}
+    print("\n[3/5] reload check: held-out perplexity of the saved Hope folder, recomputed", flush=True)
+    eval_file = out / "hope-tiny-eval.json"
+    run([*threads, "eval", str(hope_dir), "--data", "embedded", "--block-size", str(args.block_size),
+         "--batch-size", str(args.batch_size), "--output", str(eval_file)], "evaluating the saved Hope")
+    reloaded_ppl = json.loads(eval_file.read_text())["perplexity"]["perplexity"]
+    trained_ppl = results["hope-tiny"]["validation"]["perplexity"]
+    reload_exact = abs(reloaded_ppl - trained_ppl) <= 1e-9 * trained_ppl
+    print(f"      after training {trained_ppl:.6f}, reloaded {reloaded_ppl:.6f}: "
+          f"{'identical' if reload_exact else 'DIFFERENT'}", flush=True)
+    if not reload_exact:
+        raise SystemExit("the reloaded Hope scores differently from the trained one")
 
-    prompt = "Return a new list"
-    ids = torch.tensor([reloaded_tok(prompt, add_special_tokens=False)["input_ids"]])
-    generated = reloaded.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=reloaded_tok.pad_token_id)
-    sample = reloaded_tok.decode(generated[0], skip_special_tokens=True)
-    print(f"[6/7] greedy sample: {sample!r}", flush=True)
+    print(f"\n[4/5] greedy samples, prompt {PROMPT!r}", flush=True)
+    samples = {name: greedy_sample(d, PROMPT, args.sample_tokens)
+               for name, d in (("hope-tiny", hope_dir), ("transformer-tiny", llama_dir))}
+    for name, text in samples.items():
+        print(f"      {name}: {text!r}", flush=True)
 
+    plot = out / "loss_curves.png"
+    plot_losses({"hope-tiny": hope_dir, "transformer-tiny": llama_dir}, results, plot)
     metrics = {
-        "parameters": n_params, "steps": args.steps, "tokens_trained": args.steps * args.batch_size * args.block_size,
-        "first_loss": losses[0], "last_loss": losses[-1], "held_out_ppl_before": ppl_before,
-        "held_out_ppl_after": ppl_after, "reload_identical": identical, "sample": sample,
-        "seconds": time.time() - start, "config": config.to_diff_dict(),
+        "steps": args.steps, "batch_size": args.batch_size, "block_size": args.block_size, "lr": args.lr,
+        "tokens_trained_per_model": args.steps * args.batch_size * args.block_size,
+        "results": results, "reloaded_hope_perplexity": reloaded_ppl, "reload_exact": reload_exact,
+        "prompt": PROMPT, "samples": samples,
+        "seconds": {"hope_training": hope_seconds, "transformer_training": llama_seconds, "total": time.time() - start},
+        "paths": {"hope_model": str(hope_dir), "transformer_model": str(llama_dir), "plot": str(plot)},
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    metrics_file = out / "metrics.json"
+    metrics_file.write_text(json.dumps(metrics, indent=2))
     report = out / "report.md"
-    report.write_text(
-        "# hope-hf quickstart report\n\n"
-        f"- model: Hope, {n_params:,} parameters ({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-        f"{len(config.cms_levels)} CMS levels)\n"
-        f"- data: Python standard-library docstrings, {len(train_docs)} train / {len(held_out)} held-out documents\n"
-        f"- training: {args.steps} AdamW steps x {args.batch_size} x {args.block_size} tokens, "
-        f"loss {losses[0]:.3f} -> {losses[-1]:.3f}\n"
-        f"- held-out perplexity: {ppl_before:.1f} -> {ppl_after:.1f}\n"
-        f"- checkpoint: `{model_dir}` (safetensors), reload identical: {identical}\n"
-        f"- greedy sample: `{sample}`\n"
-        f"- wall time: {metrics['seconds']:.0f} s\n\n"
-        "| step | loss |\n|---|---|\n" + "".join(f"| {i} | {l:.3f} |\n" for i, l in enumerate(losses) if i % 10 == 0)
-    )
-    print(f"[7/7] report: {report}\n      metrics: {out / 'metrics.json'}\n      checkpoint: {model_dir}", flush=True)
+    report.write_text(_report_markdown(metrics, plot.name))
+    print(f"\n[5/5] report: {report}\n      plot: {plot}\n      metrics: {metrics_file}\n"
+          f"      Hope checkpoint (model + tokenizer, loads with AutoModelForCausalLM): {hope_dir}\n"
+          f"      Transformer checkpoint: {llama_dir}\n      total {metrics['seconds']['total']:.0f} s", flush=True)
     return metrics
+
+
+def _report_markdown(m: dict, plot_name: str) -> str:
+    hope, llama = m["results"]["hope-tiny"], m["results"]["transformer-tiny"]
+    rows = "".join(
+        f"| {name} | {r['parameters']:,} | {r['first_loss']:.3f} | {r['last_loss']:.3f} | "
+        f"{r['validation']['perplexity']:.2f} | {r['train_seconds']:.0f} |\n"
+        for name, r in (("hope-tiny (Hope)", hope), ("transformer-tiny (Llama)", llama)))
+    samples = "".join(f"{name}:\n\n```text\n{text.rstrip()}\n```\n\n" for name, text in m["samples"].items())
+    return (
+        "# hope-hf main job: Hope vs a same-size Transformer\n\n"
+        f"Both trained with `hope-hf train` on the embedded corpus (Python standard-library docstrings and "
+        f"language reference), the same byte-level BPE tokenizer, {m['steps']} AdamW steps of "
+        f"{m['batch_size']} x {m['block_size']} tokens ({m['tokens_trained_per_model']:,} tokens each), "
+        f"cosine LR peaking at {m['lr']}, seed 0. Hope uses the CMS update schedule (levels every 1, 4 and 16 "
+        "steps). Held-out perplexity is exact (every held-out block scored on its own), not `evaluate`'s metric, "
+        "which downloads a model.\n\n"
+        "| model | parameters | first loss | last logged loss | held-out perplexity | training s |\n"
+        "|---|---|---|---|---|---|\n" + rows +
+        f"\n![training loss of both models]({plot_name})\n\n"
+        f"Reloaded Hope checkpoint: held-out perplexity {m['reloaded_hope_perplexity']:.4f} "
+        f"({'identical to' if m['reload_exact'] else 'DIFFERENT from'} the one measured after training).\n\n"
+        f"Greedy samples for the prompt `{m['prompt']}` (trailing blank lines cut):\n\n{samples}"
+        f"Checkpoints (model.safetensors, config, the model's .py files, tokenizer): `{m['paths']['hope_model']}`, "
+        f"`{m['paths']['transformer_model']}`.\n\nWall time: {m['seconds']['total']:.0f} s "
+        f"(Hope training {m['seconds']['hope_training']:.0f} s, Transformer training "
+        f"{m['seconds']['transformer_training']:.0f} s, including data, tokenizer and evaluation).\n"
+    )
 
 
 if __name__ == "__main__":

@@ -268,8 +268,13 @@ class HopeScheduleCallback(TrainerCallback):
         self.after_optimizer_step(optimizer)
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.save(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+        if not state.is_world_process_zero:
+            return
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"checkpoint folder {folder} not found: HopeScheduleCallback expects Trainer's "
+                                    "default layout output_dir/checkpoint-N (no hyper-parameter search)")
+        self.save(folder)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         """Add the per-level metrics to training logs (HopeTrainer adds them before any reporter sees them)."""
