@@ -107,6 +107,7 @@ def test_long_documents(tokenizer, tmp_path):
 
 
 def test_run_long_context_tiny(hope, tokenizer, tmp_path):
+    pytest.importorskip("matplotlib")
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
                                          num_attention_heads=4, intermediate_size=37)).double().eval()
     haystack = tmp_path / "haystack.txt"

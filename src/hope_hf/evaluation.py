@@ -70,7 +70,7 @@ PAPER_SUITE: tuple[SuiteTask, ...] = (
 SUITE_GROUP = "hope_paper_suite"
 PERPLEXITY_COLUMNS = ("Wiki ppl", "LMB ppl")
 ACCURACY_COLUMNS = ("LMB acc", "PIQA", "Hella", "Wino", "ARC-e", "ARC-c", "SIQA", "BoolQ")
-PAPER_COLUMNS = PERPLEXITY_COLUMNS[:2] + ACCURACY_COLUMNS + ("Avg",)
+PAPER_COLUMNS = PERPLEXITY_COLUMNS + ACCURACY_COLUMNS + ("Avg",)
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -318,6 +318,17 @@ def write_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], o
     return table
 
 
+def parse_models(specs: Sequence[str]) -> dict[str, str]:
+    """`["hope=runs/hope", "runs/llama"]` → `{"hope": "runs/hope", "llama": "runs/llama"}` (command lines)."""
+    models = {}
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec.rstrip("/")).name, "", spec)
+        if not name or not path or name in models:
+            raise ValueError(f"--model takes NAME=PATH or PATH with distinct names, got {spec!r}")
+        models[name] = path
+    return models
+
+
 def _named_models(models) -> dict[str, Any]:
     if isinstance(models, Mapping):
         return dict(models)
@@ -402,7 +413,7 @@ def run_suite(models, parts: Iterable[str] = ("lm_eval",), tokenizer=None, tasks
     if "continual" in parts:
         from .continual import run_benchmark
 
-        report["continual"] = run_benchmark(output_dir=output_dir / "continual", **dict(continual or {}))
+        report["continual"] = run_benchmark(output_dir=output_dir / "continual", **{"device": device, **(continual or {})})
         sections.append("## Continual learning\n\n" + report["continual"]["markdown"])
     (output_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (output_dir / "report.md").write_text("\n".join(sections))
@@ -412,6 +423,6 @@ def run_suite(models, parts: Iterable[str] = ("lm_eval",), tokenizer=None, tasks
 
 __all__ = [
     "PAPER_COLUMNS", "PAPER_SUITE", "PARTS", "SuiteTask", "evaluate_lm", "export_offline_data", "make_lm",
-    "markdown_table", "paper_row", "run_lm_eval_suite", "run_suite", "suite_tasks", "write_offline_tasks",
+    "markdown_table", "paper_row", "parse_models", "run_lm_eval_suite", "run_suite", "suite_tasks", "write_offline_tasks",
     "write_table",
 ]
