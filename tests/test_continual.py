@@ -57,7 +57,8 @@ def test_encode_layout(tiny):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         sep = int(data.sep[row])
         assert sep % 4 == 0 and len(ids) <= sep < len(ids) + 4
-        assert data.input_ids[row, :len(ids)].tolist() == ids and int(data.input_ids[row, sep]) == tokenizer.eos_token_id
+        assert data.input_ids[row, :len(ids)].tolist() == ids
+        assert int(data.input_ids[row, sep]) == tokenizer.eos_token_id
         assert data.attention_mask[row].tolist() == [1] * len(ids) + [0] * (sep - len(ids)) + [1] + \
             [0] * (data.input_ids.shape[1] - sep - 1)
         assert int(data.labels[row]) == len(tokenizer) + label

@@ -315,8 +315,8 @@ def test_hf_backend_loads_saved_folder_with_remote_code(setup, tmp_path):
                               tasks=["piqa"], device="cpu", batch_size=2, task_manager=manager, bootstrap_iters=0)
         print("SCORES", json.dumps([[r[0][0] for r in s["resps"]] for s in out["samples"]["piqa"]]))
     """)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
                             stdin=subprocess.DEVNULL, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

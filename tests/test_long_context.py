@@ -14,8 +14,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.long_context import (
-    NEEDLE, NIAH_TASKS, REPEAT_HAYSTACK, TEMPLATE, greedy_exact_match, long_documents, make_needle_sample, needle_samples,
-    perplexity_by_position, run_long_context, split_answer, token_losses,
+    NEEDLE, NIAH_TASKS, REPEAT_HAYSTACK, TEMPLATE, greedy_exact_match, long_documents, make_needle_sample,
+    needle_samples, perplexity_by_position, run_long_context, split_answer, token_losses,
 )
 from hope_hf.quickstart import train_tokenizer
 

@@ -4,8 +4,10 @@ Notation: `T` tasks; `R[i, j]` = accuracy (%) on task `j`'s test set after learn
 (`j ≤ i`; NaN, or `None` in lists and JSON, above the diagonal, where task `j` is not learned yet).
 
     average accuracy    ACC = (1/T) Σ_j R[T-1, j]
-    average forgetting  F   = (1/(T-1)) Σ_{j<T-1} ( max_{l ∈ [j, T-2]} R[l, j] − R[T-1, j] )   (Chaudhry et al. 2018)
-    backward transfer   BWT = (1/(T-1)) Σ_{j<T-1} ( R[T-1, j] − R[j, j] )                      (Lopez-Paz & Ranzato 2017)
+    average forgetting  F   = (1/(T-1)) Σ_{j<T-1} ( max_{l ∈ [j, T-2]} R[l, j] − R[T-1, j] )
+    backward transfer   BWT = (1/(T-1)) Σ_{j<T-1} ( R[T-1, j] − R[j, j] )
+
+(forgetting: Chaudhry et al. 2018; backward transfer: Lopez-Paz & Ranzato 2017.)
 
 Classification with a causal LM: an example is its text's tokens, masked padding up to the next multiple
 of `align` tokens, then a separator (EOS); the class is predicted at the separator among label tokens
@@ -18,11 +20,11 @@ Methods (same tasks, data order, steps, batch size and learning rate):
 
 | name | model | what |
 |---|---|---|
-| `finetune` | same-size Transformer | plain fine-tuning, task after task (Llama, `baselines.matched_llama_config`) |
-| `ewc` | same-size Transformer | + EWC (Kirkpatrick et al. 2017): `(λ/2) Σ_k Σ_i F_k,i (θ_i − θ*_k,i)²`, `F_k` the diagonal empirical Fisher after task `k` |
-| `lwf` | same-size Transformer | + LwF (Li & Hoiem 2016): `λ τ² KL(p_old ‖ p_new)` over the old classes, temperature `τ`, `p_old` from the model before the task |
+| `finetune` | same-size Transformer | plain fine-tuning, task after task (Llama, `matched_llama_config`) |
+| `ewc` | same-size Transformer | + EWC (Kirkpatrick et al. 2017), see `EWC` |
+| `lwf` | same-size Transformer | + LwF (Li & Hoiem 2016), see `LwF` |
 | `hope` | Hope | every CMS level updated every step (no schedule) |
-| `hope_cms` | Hope | the CMS schedule: level `j` steps every `update_period_j` steps on its summed gradients (`schedule.HopeScheduleCallback`) |
+| `hope_cms` | Hope | level `j` steps every `update_period_j` steps (`schedule.HopeScheduleCallback`) |
 
 Add methods (e.g. in-context CMS, issue 7) with `register_method(name, Method(...))`.
 This is not a model file.
@@ -31,7 +33,6 @@ This is not a model file.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -473,7 +474,7 @@ def run_benchmark(methods: Iterable[str] | None = None, setting: str | Setting =
     settings = {**asdict(setting), "num_classes": sum(len(t.classes) for t in tasks), "tokenizer": len(tokenizer)}
     table = write_table(rows, ["parameters", "ACC (%)", "forgetting", "BWT", "final-task acc (%)", "seconds"],
                         output_dir, "continual_table", "Class-incremental continual learning",
-                        {"settings": settings, "methods": results})
+                        {"settings": settings, "methods": results}, first="method")
     plot_accuracy_matrices(results, output_dir / "accuracy_matrices.png")
     markdown = (f"{setting.num_tasks} tasks x {setting.classes_per_task} classes ({setting.dataset}), "
                 f"{setting.steps_per_task} steps x {setting.batch_size} per task, lr {setting.lr}\n\n{table}")

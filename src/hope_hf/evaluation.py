@@ -306,11 +306,11 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str]
 
 
 def write_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], output_dir: str | Path, stem: str,
-                title: str, extra: Mapping | None = None) -> str:
+                title: str, extra: Mapping | None = None, first: str = "model") -> str:
     """Print the table and save it as `stem.json` (rows and `extra`) and `stem.md`; returns the Markdown."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows, columns)
+    table = markdown_table(rows, columns, first)
     (output_dir / f"{stem}.json").write_text(json.dumps({"columns": list(columns), "rows": rows, **(extra or {})},
                                                         indent=2, default=str))
     (output_dir / f"{stem}.md").write_text(f"# {title}\n\n{table}")
@@ -413,7 +413,8 @@ def run_suite(models, parts: Iterable[str] = ("lm_eval",), tokenizer=None, tasks
     if "continual" in parts:
         from .continual import run_benchmark
 
-        report["continual"] = run_benchmark(output_dir=output_dir / "continual", **{"device": device, **(continual or {})})
+        kwargs = {"device": device, **(continual or {})}
+        report["continual"] = run_benchmark(output_dir=output_dir / "continual", **kwargs)
         sections.append("## Continual learning\n\n" + report["continual"]["markdown"])
     (output_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (output_dir / "report.md").write_text("\n".join(sections))
@@ -423,6 +424,6 @@ def run_suite(models, parts: Iterable[str] = ("lm_eval",), tokenizer=None, tasks
 
 __all__ = [
     "PAPER_COLUMNS", "PAPER_SUITE", "PARTS", "SuiteTask", "evaluate_lm", "export_offline_data", "make_lm",
-    "markdown_table", "paper_row", "parse_models", "run_lm_eval_suite", "run_suite", "suite_tasks", "write_offline_tasks",
-    "write_table",
+    "markdown_table", "paper_row", "parse_models", "run_lm_eval_suite", "run_suite", "suite_tasks",
+    "write_offline_tasks", "write_table",
 ]

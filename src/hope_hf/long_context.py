@@ -38,7 +38,6 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -283,7 +282,7 @@ def plot_long_context(niah: Mapping[str, Mapping[str, Mapping[int, float]]],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({task for scores in niah.values() for task in scores})
+    tasks = list(dict.fromkeys(task for scores in niah.values() for task in scores))
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4 * (len(tasks) + 1), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for name, scores in niah.items():
@@ -339,7 +338,8 @@ def run_long_context(models, tokenizer=None, output_dir: str | Path = "outputs/e
     settings = {"tasks": list(tasks), "lengths": list(lengths), "samples": samples, "seed": seed,
                 "haystack": str(haystack_file or "stdlib docstrings"), "score": "greedy exact match (%)"}
     markdown = "NIAH exact match (%), " + f"{samples} samples per cell\n\n" + write_table(
-        niah_rows, [str(n) for n in lengths], output_dir, "niah", "RULER-style needle in a haystack", {"settings": settings})
+        niah_rows, [str(n) for n in lengths], output_dir, "niah", "RULER-style needle in a haystack",
+        {"settings": settings}, first="model / task")
     if positions:
         bins = next(iter(positions.values()))
         ppl_rows = {name: {f"{r['start']}-{r['end']}": r["ppl"] for r in rows} for name, rows in positions.items()}
@@ -348,7 +348,8 @@ def run_long_context(models, tokenizer=None, output_dir: str | Path = "outputs/e
             ppl_rows, [f"{r['start']}-{r['end']}" for r in bins], output_dir, "ppl_by_position",
             "Perplexity by position", {"settings": ppl_settings, "bins": positions})
     plot_long_context(niah, positions, output_dir / "long_context.png")
-    return {"niah": niah, "ppl_by_position": positions, "markdown": markdown, "plot": str(output_dir / "long_context.png")}
+    return {"niah": niah, "ppl_by_position": positions, "markdown": markdown,
+            "plot": str(output_dir / "long_context.png")}
 
 
 __all__ = [
