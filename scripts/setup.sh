@@ -11,6 +11,6 @@ if [ -f "$STAMP" ]; then exit 0; fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 # The CPU build of PyTorch (an unpinned torch would pull a multi-GB CUDA build on Linux).
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
-"$VENV/bin/python" -m pip install --quiet -e ".[train,test]"
+"$VENV/bin/python" -m pip install --quiet -e ".[train,eval,test]"
 rm -f "$VENV"/.hope-setup-*
 touch "$STAMP"

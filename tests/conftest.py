@@ -53,3 +53,12 @@ def tiny_tokenizer():
     backend.decoder = decoders.WordPiece(prefix="##")           # joins words with spaces
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>")
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of many tiny forwards: tiny models gain nothing from threads, and on a
+    busy shared machine the thread barriers cost up to 100x (measured: 4 s vs 0.05 s a forward)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
