@@ -16,7 +16,7 @@ from hope_hf.continual import (
     continual_metrics, encode, register_method, run_benchmark, separator_logits,
 )
 from hope_hf.continual_tasks import load_text_classification, synthetic_tasks
-from hope_hf.quickstart import train_tokenizer
+from hope_hf.data import train_bpe_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 NAN = float("nan")
@@ -43,7 +43,7 @@ def test_metrics_on_known_matrices():
 def tiny():
     tasks = synthetic_tasks(num_tasks=2, classes_per_task=2, train_per_class=4, test_per_class=2, words_per_example=5,
                             keywords_per_example=2, seed=3)
-    tokenizer = train_tokenizer([t for task in tasks for t, _ in task.train] * 2, vocab_size=300)
+    tokenizer = train_bpe_tokenizer([t for task in tasks for t, _ in task.train] * 2, vocab_size=300)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer) + 4, hidden_size=16, num_hidden_layers=1,
                                          num_attention_heads=2, intermediate_size=19))

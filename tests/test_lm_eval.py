@@ -30,7 +30,7 @@ from hope_hf.evaluation import (  # noqa: E402
     suite_group_config, write_offline_tasks,
 )
 from hope_hf.lm_eval_backend import HopeLM  # noqa: E402
-from hope_hf.quickstart import train_tokenizer  # noqa: E402
+from hope_hf.data import train_bpe_tokenizer  # noqa: E402
 
 from conftest import tiny_config_kwargs  # noqa: E402
 
@@ -102,7 +102,7 @@ def setup(tmp_path_factory):
     """Tokenizer, a tiny float64 Hope, the offline data, its generated tasks and a TaskManager over them."""
     root = tmp_path_factory.mktemp("lm_eval")
     write_docs(root / "data")
-    tokenizer = train_tokenizer([json.dumps(row) for rows in DOCS.values() for row in rows] * 4, vocab_size=320)
+    tokenizer = train_bpe_tokenizer([json.dumps(row) for rows in DOCS.values() for row in rows] * 4, vocab_size=320)
     config = HopeConfig(**tiny_config_kwargs(vocab_size=len(tokenizer), projection_chunk_size=8, memory_chunk_size=16,
                                              cms_levels=[{"intermediate_size": 37, "update_period": 1}]))
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ from hope_hf.long_context import (
     NEEDLE, NIAH_TASKS, REPEAT_HAYSTACK, TEMPLATE, greedy_exact_match, long_documents, make_needle_sample,
     needle_samples, perplexity_by_position, run_long_context, split_answer, token_losses,
 )
-from hope_hf.quickstart import train_tokenizer
+from hope_hf.data import train_bpe_tokenizer
 
 from conftest import tiny_config_kwargs
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def tokenizer():
     texts = SENTENCES + [NEEDLE, TEMPLATE, REPEAT_HAYSTACK, "What is the special magic number for"] * 10
-    return train_tokenizer(texts * 3, vocab_size=1000)
+    return train_bpe_tokenizer(texts * 3, vocab_size=1000)
 
 
 @pytest.fixture(scope="module")

@@ -446,7 +446,7 @@ def run_benchmark(methods: Iterable[str] | None = None, setting: str | Setting =
         `{"methods": {name: learn_sequence's dict}, "settings": ..., "markdown": table}`.
     """
     from .evaluation import write_table
-    from .quickstart import train_tokenizer
+    from .data import train_bpe_tokenizer
 
     base = SETTINGS[setting] if isinstance(setting, str) else setting
     unknown = set(overrides) - set(asdict(base))
@@ -458,7 +458,7 @@ def run_benchmark(methods: Iterable[str] | None = None, setting: str | Setting =
     if missing:
         raise ValueError(f"methods {missing} are not in METHODS {sorted(METHODS)}")
     tasks = make_tasks(setting)
-    tokenizer = train_tokenizer(all_texts(tasks), setting.vocab_size)
+    tokenizer = train_bpe_tokenizer(all_texts(tasks), setting.vocab_size)
     results = {}
     for name in names:
         print(f"[continual] {name}: {METHODS[name].description}", flush=True)

@@ -90,7 +90,7 @@ class NeedleSample:
 def essay_sentences(text: str | None = None) -> list[str]:
     """Sentences of `text` (default: the standard library's docstrings), split after `.`, `!` or `?`."""
     if text is None:
-        from .quickstart import stdlib_documents
+        from .data import stdlib_documents
 
         text = " ".join(stdlib_documents())
     text = re.sub(r"\s+", " ", text).strip()
