@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup-steps", type=int, default=10)
     parser.add_argument("--sample-tokens", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads. 1 by default: on a machine shared with other jobs, two threads per "
+                             "process on two busy cores made a hope-tiny step 10x slower (oversubscription); "
+                             "--threads 2 is faster on an idle two-core machine")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.steps < 1:
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     hope_dir, llama_dir = out / "hope-tiny", out / "transformer-tiny"
-    threads = ["--threads", str(args.threads)] if args.threads else []
+    threads = ["--threads", str(args.threads)]
     common = ["--data", "embedded", "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
               "--block-size", str(args.block_size), "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps),
               "--logging-steps", "5", "--save-steps", str(args.steps), "--save-total-limit", "1",
