@@ -222,3 +222,22 @@ def test_bench_measures_both_models(tmp_path, one_thread):
     assert row["model"] == "hope-attention" and row["length"] == 16
     assert row["hope_train_tokens_per_s"] > 0 and row["llama_infer_tokens_per_s"] > 0
     assert row["train_ratio"] == pytest.approx(row["hope_train_tokens_per_s"] / row["llama_train_tokens_per_s"])
+
+
+def test_eval_runs_the_long_context_suite_into_one_report(files, tmp_path, one_thread):
+    """`hope-hf eval --tasks perplexity long_context` scores a trained folder and writes report.md/json."""
+    out = tmp_path / "run"
+    assert main(train_args(files, out, "--max-steps", "2", "--save-steps", "100")) == 0
+    report_dir, results = tmp_path / "eval", tmp_path / "results.json"
+    assert main(["--threads", "1", "eval", str(out), "--tasks", "perplexity", "long_context", "--data",
+                 files["data"], "--block-size", "32", "--niah-lengths", "640", "--niah-samples", "1",
+                 "--ppl-length", "64", "--ppl-documents", "1", "--report-dir", str(report_dir),
+                 "--output", str(results)]) == 0
+    report = (report_dir / "report.md").read_text()
+    assert "Long context" in report and (report_dir / "long_context" / "long_context.png").is_file()
+    saved = json.loads(results.read_text())
+    assert saved["perplexity"]["perplexity"] > 1
+    niah = saved["suite"]["long_context"]["niah"]
+    assert main(["eval", str(out), "--tasks", "long_context", "--niah-lengths", "8", "--report-dir",
+                 str(report_dir)]) == EXIT_BAD_INPUT                         # too short: one clear error line
+    assert set(niah) == {"run"} and all(640 in v or "640" in v for v in niah["run"].values())

@@ -43,7 +43,7 @@ RESUME_SETTINGS = ("config", "data", "data_config", "text_column", "train_split"
                    "weight_decay", "lr_scheduler", "warmup_steps", "max_grad_norm", "bf16", "seed")
 
 #: The evaluation tasks of `hope-hf eval --tasks` (the lm-eval suite plugs in here later).
-EVAL_TASKS = ("perplexity",)
+EVAL_TASKS = ("perplexity", "lm_eval", "long_context", "continual")
 
 
 class CliError(Exception):
@@ -173,12 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=train_command)
 
     ev = commands.add_parser(
-        "eval", formatter_class=_HelpFormatter, help="evaluate a trained model (held-out perplexity)",
-        description=_wrap("Evaluate a saved model folder.\n\nperplexity: exact token-level perplexity on the held-out "
-                    "split of --data, packed into --block-size blocks like training (each block scored on its "
-                    "own), computed directly rather than with `evaluate`'s perplexity metric, which downloads "
-                    "a model by name. The lm-eval suite will plug in as further --tasks."),
-        epilog="example:\n  hope-hf eval runs/hope-tiny --data embedded --block-size 128")
+        "eval", formatter_class=_HelpFormatter,
+        help="evaluate a trained model (perplexity, lm-eval suite, long context, continual learning)",
+        description=_wrap("Evaluate a saved model folder; --tasks picks any subset.\n\nperplexity: exact token-level "
+                    "perplexity on the held-out split of --data, packed into --block-size blocks like training "
+                    "(each block scored on its own), computed directly rather than with `evaluate`'s perplexity "
+                    "metric, which downloads a model by name.\n\nlm_eval: the paper's zero-shot suite with "
+                    "lm-evaluation-harness (Hub datasets, or local upstream files with --offline-dir).\n\n"
+                    "long_context: RULER-style needle in a haystack at --niah-lengths and perplexity by position."
+                    "\n\ncontinual: the class-incremental benchmark (trains its own small models; --continual-"
+                    "setting).\n\nThe lm_eval, long_context and continual parts write report.md / report.json "
+                    "into --report-dir (hope_hf.evaluation.run_suite)."),
+        epilog="examples:\n  hope-hf eval runs/hope-tiny --data embedded --block-size 128\n"
+               "  hope-hf eval runs/hope-tiny --tasks lm_eval --offline-dir DATA --limit 100\n"
+               "  hope-hf eval runs/hope-tiny --tasks long_context --niah-lengths 1024 2048 --niah-samples 5")
     ev.add_argument("model", help="a folder written by `hope-hf train` or save_pretrained")
     ev.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: the model folder)")
     ev.add_argument("--tasks", nargs="+", default=["perplexity"], choices=EVAL_TASKS, help="what to evaluate")
@@ -187,6 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-blocks", type=int, default=None, help="score at most N blocks (default: all)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the held-out split (when the data has none)")
     ev.add_argument("--output", default=None, help="also write the results to this JSON file")
+    ev.add_argument("--report-dir", default="outputs/eval",
+                    help="lm_eval / long_context / continual: folder of report.md, report.json and their files")
+    ev.add_argument("--lm-eval-tasks", nargs="+", default=None,
+                    help="lm_eval: a subset of the paper's suite (default: all nine tasks)")
+    ev.add_argument("--offline-dir", default=None,
+                    help="lm_eval: a folder of the upstream task files, DATA/<task>/<split>.jsonl (no Hub access)")
+    ev.add_argument("--limit", type=float, default=None, help="lm_eval: at most N examples per task")
+    ev.add_argument("--max-length", type=int, default=None, help="lm_eval: rolling-perplexity window in tokens")
+    ev.add_argument("--niah-lengths", type=int, nargs="+", default=[4096, 8192, 16384],
+                    help="long_context: needle-in-a-haystack context lengths in tokens")
+    ev.add_argument("--niah-samples", type=int, default=20, help="long_context: samples per task and length")
+    ev.add_argument("--ppl-length", type=int, default=4096,
+                    help="long_context: document length of the perplexity-by-position curve")
+    ev.add_argument("--ppl-documents", type=int, default=8,
+                    help="long_context: documents averaged in that curve (0 skips it)")
+    ev.add_argument("--continual-setting", default="tiny", choices=("tiny", "full"),
+                    help="continual: the benchmark's size (full is a GPU job)")
+    ev.add_argument("--device", default="cpu", help="lm_eval / long_context / continual: cpu or cuda")
     ev.set_defaults(func=eval_command)
 
     gen = commands.add_parser(
@@ -618,8 +644,22 @@ def eval_command(args: argparse.Namespace) -> int:
         r = results["perplexity"]
         print(f"held-out perplexity {r['perplexity']:.3f} (loss {r['loss']:.4f} nats/token, {r['tokens']:,} "
               f"tokens in {r['blocks']} blocks of {args.block_size})", flush=True)
+    suite_parts = [task for task in args.tasks if task != "perplexity"]
+    if suite_parts:
+        from .evaluation import run_suite
+
+        try:
+            results["suite"] = run_suite(
+                {Path(args.model).resolve().name: model}, parts=suite_parts, tokenizer=tokenizer,
+                tasks=args.lm_eval_tasks, offline_dir=args.offline_dir, output_dir=args.report_dir,
+                batch_size=args.batch_size, limit=args.limit, device=args.device, max_length=args.max_length,
+                long_context={"lengths": args.niah_lengths, "samples": args.niah_samples,
+                              "ppl_length": args.ppl_length, "ppl_documents": args.ppl_documents},
+                continual={"setting": args.continual_setting})
+        except (ValueError, FileNotFoundError) as err:     # bad task names, lengths, offline folders
+            raise CliError(str(err)) from err
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2))
+        Path(args.output).write_text(json.dumps(results, indent=2, default=str))
         print(f"results: {Path(args.output).resolve()}", flush=True)
     return 0
 
