@@ -151,6 +151,7 @@ def test_save_and_load_restore_buffers_and_counters(tmp_path):
     ({"level_lr_scale": [1.0]}, "level_lr_scale"),
     ({"level_lr_scale": [1.0, float("inf"), 1.0]}, r"level_lr_scale\[1\]"),
     ({"update_periods": [1, 0, 4]}, r"update_periods\[1\]"),
+    ({"update_periods": [1, 2.5, 4]}, r"update_periods\[1\]"),
 ])
 def test_bad_arguments_raise_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):

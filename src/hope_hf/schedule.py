@@ -35,6 +35,7 @@ import os
 from collections.abc import Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
@@ -70,10 +71,10 @@ class HopeScheduleCallback(TrainerCallback):
             if config is None or not hasattr(config, "cms_levels"):
                 raise ValueError("model has no config.cms_levels: pass update_periods explicitly")
             update_periods = [level["update_period"] for level in config.cms_levels]
-        self.update_periods = [int(p) for p in update_periods]
-        for j, period in enumerate(self.update_periods):
-            if period < 1:
+        for j, period in enumerate(update_periods):
+            if isinstance(period, bool) or not isinstance(period, int) or period < 1:
                 raise ValueError(f"update_periods[{j}] must be an integer >= 1, got {period!r}")
+        self.update_periods = list(update_periods)
         num_levels = len(self.update_periods)
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
@@ -222,8 +223,6 @@ class HopeScheduleCallback(TrainerCallback):
         path = os.path.join(folder, SCHEDULE_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no {SCHEDULE_FILE} in {folder}: it was not saved with a HopeScheduleCallback")
-        from safetensors import safe_open
-
         with safe_open(path, framework="pt") as f:
             state = json.loads(f.metadata()["schedule"])
         tensors = load_file(path)
