@@ -65,7 +65,7 @@ class DataError(ValueError):
 # The embedded corpus
 # ----------------------------------------------------------------------------------------------------------------
 
-def stdlib_documents(min_chars: int = 100) -> list[str]:
+def stdlib_documents(min_chars: int = 100, progress: bool = False) -> list[str]:
     """English documents every Python installation carries, in a fixed order, without importing anything.
 
     The docstrings (modules, classes, functions) of the standard library's `.py` files, read with `ast`
@@ -86,7 +86,10 @@ def stdlib_documents(min_chars: int = 100) -> list[str]:
             seen.add(text)
             docs.append(text)
 
-    for path in files:
+    from tqdm.auto import tqdm
+
+    for path in tqdm(files, desc="embedded corpus: reading standard-library docstrings", unit="file",
+                     disable=not progress):
         try:
             tree = ast.parse(path.read_bytes(), filename=str(path))
         except (SyntaxError, ValueError, OSError):   # a file of another Python version or unreadable
@@ -116,7 +119,7 @@ def embedded_corpus(cache_dir: str | os.PathLike[str] | None = None):
     folder = base / "hope_hf_embedded" / key.hexdigest()[:16]
     files = {split: folder / f"{split}.parquet" for split in ("train", "validation")}
     if not all(path.is_file() for path in files.values()):
-        docs = stdlib_documents()
+        docs = stdlib_documents(progress=True)     # once per Python version, a few seconds
         held_out = [d for i, d in enumerate(docs) if i % HELD_OUT_EVERY == 0]
         train = [d for i, d in enumerate(docs) if i % HELD_OUT_EVERY != 0]
         folder.mkdir(parents=True, exist_ok=True)
