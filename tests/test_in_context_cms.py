@@ -140,6 +140,9 @@ def test_refuses_training_mode_padding_and_embeddings():
         model(inputs_embeds=model.get_input_embeddings()(x))
     with torch.no_grad():
         assert torch.equal(model(x, attention_mask=torch.ones_like(x)).logits, model(x).logits)
+        cache = model(x[:, :6]).past_key_values                 # ends inside a chunk of 4
+    with pytest.raises(ValueError, match="inside an in-context segment"):
+        model(x[:, 6:], past_key_values=cache, in_context_cms=False)
 
 
 def test_generate_with_in_context_cms_equals_the_online_forward():

@@ -319,6 +319,12 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             outputs = BaseModelOutputWithPast(past_key_values=cache if use_cache else None)
             logits = slice_logits_to_keep(logits, logits_to_keep)
         else:
+            if isinstance(past_key_values, HopeCache) and past_key_values.segment_ids is not None:
+                raise ValueError(
+                    f"in_context_cms=False on a cache inside an in-context segment ({past_key_values.segment_ids.shape[1]}"
+                    " tokens since the last in-context step): its tokens would be missing when the segment completes; "
+                    "continue with in_context_cms=True up to the next step boundary first"
+                )
             outputs = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
