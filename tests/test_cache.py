@@ -26,7 +26,8 @@ VARIANTS = {
     "titans": {"adaptive_k": False, "adaptive_v": False, "adaptive_rates": False, "inner_optimizer": "gd",
                "cms_levels": [{"intermediate_size": 37, "update_period": 1}]},
 }
-IN_CONTEXT_CMS = {"cms_levels": [{"intermediate_size": 37, "update_period": 1, "chunk_size": 4, "lr": 0.1},
+IN_CONTEXT_CMS = {"in_context_cms": True,
+                  "cms_levels": [{"intermediate_size": 37, "update_period": 1, "chunk_size": 4, "lr": 0.1},
                                  {"intermediate_size": 19, "update_period": 4}]}
 
 
@@ -51,7 +52,8 @@ def layer_tensors(cache: HopeCache) -> list[tuple[str, torch.Tensor]]:
                 if getattr(memory, name) is not None:
                     named.append((f"{i}.{name}", getattr(memory, name)))
         if layer.cms is not None:
-            named += [(f"{i}.cms.{j}", t) for j, t in enumerate(torch.utils._pytree.tree_leaves(layer.cms))]
+            leaves = [t for t in torch.utils._pytree.tree_leaves(layer.cms) if t is not None]
+            named += [(f"{i}.cms.{j}", t) for j, t in enumerate(leaves)]
     return named
 
 
@@ -128,16 +130,16 @@ def test_prefill_then_decode_equals_full_forward(variant, prefill):
     assert_caches_close(cache, full.past_key_values)
 
 
-def test_prefill_then_decode_with_in_context_cms():
-    """Same contract with in-context CMS levels on; runs once in-context CMS fills the cache's `cms` slot."""
-    model = build(**IN_CONTEXT_CMS)
+@pytest.mark.parametrize("variant", ["hope", "hope-attention"])
+def test_prefill_then_decode_with_in_context_cms(variant):
+    """Same contract with an in-context CMS level on (chunk 4): the fast weights ΔW in the cache's `cms` slot and
+    their summed gradients match too; prefill 6 ends inside a chunk."""
+    model = build(variant, **IN_CONTEXT_CMS)
     x = ids()
     with torch.no_grad():
         full = model(x, use_cache=True)
-    if all(layer.cms is None for layer in full.past_key_values.layers):
-        pytest.skip("in-context CMS is not implemented yet (HOPE.md §4, a later issue): the cache's cms slot stays "
-                    "None and cms_levels' chunk_size/lr are ignored by forward")
-    with torch.no_grad():
+        assert all(layer.cms is not None and layer.cms["delta"][0][0].abs().max() > 0
+                   for layer in full.past_key_values.layers)
         out = model(x[:, :6], use_cache=True)
         logits = torch.cat([out.logits, decode(model, x[:, 6:], out.past_key_values)], dim=1)
     assert (logits - full.logits).abs().max() < 1e-5

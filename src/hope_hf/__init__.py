@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .cache import HopeCache
 from .configuration_hope import HopeConfig
 from .modeling_hope import HopeBlock, HopeForCausalLM, HopeModel, HopePreTrainedModel
+from .streaming import MemoryStream
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ HopeConfig.register_for_auto_class()
 HopeModel.register_for_auto_class("AutoModel")
 HopeForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["HopeBlock", "HopeCache", "HopeConfig", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel", "__version__"]
+__all__ = ["HopeBlock", "HopeCache", "HopeConfig", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel", "MemoryStream",
+           "__version__"]

@@ -12,11 +12,16 @@ generated token does not grow with the context. Per layer the cache holds:
                                  the position-within-chunk counters are `position % C_o` and
                                  `position % C_m` (`chunk_offsets`)
     attention layer (`AttentionLayerCache`): keys, values [B, H_kv, T_seen, d] (RoPE applied)
-    every layer: `cms`, the slot of the in-context CMS fast weights (HOPE.md §4, a later issue; `None`
-        until in-context CMS exists: the CMS levels are plain parameters today)
+    every layer: `cms`, the in-context CMS fast weights (HOPE.md §4), `None` until the first in-context call,
+        then `{"delta": [...], "grad": [...]}` with one entry per CMS level: `None` for a level with
+        `chunk_size = 0`, else (gate, up, down) tensors [B, out, in] (float32): the fast weights ΔW, and
+        the gradient summed over the segments of the level's current chunk (see `modeling_hope.py`)
 
-and for the whole model `attention_mask` [B, T_seen] of the past columns (or `None` when all were real)
-and `get_seq_length()`, the columns seen (padding included, as `generate` counts them).
+and for the whole model `attention_mask` [B, T_seen] of the past columns (or `None` when all were real),
+`get_seq_length()`, the columns seen (padding included, as `generate` counts them), and for in-context
+CMS the open segment (since the last in-context step of any level): `segment_ids` [B, n] its tokens and
+`segment_start` the layer states at its start (one `state` per layer), so the segment can be re-run with
+gradients when it completes; both `None` at a step boundary.
 Memory and conv states are float32 (float64 for float64 models), also when the model runs in bf16;
 keys/values are in the model's dtype, as a full forward computes them.
 
@@ -30,6 +35,23 @@ from transformers.cache_utils import Cache
 
 from .configuration_hope import HopeConfig
 from .self_modifying import MixerState
+
+
+def map_cms(cms: dict | None, fn) -> dict | None:
+    """A layer's `cms` slot with `fn` applied to every tensor."""
+    if cms is None:
+        return None
+    return {key: [None if entry is None else tuple(fn(t) for t in entry) for entry in value]
+            for key, value in cms.items()}
+
+
+def map_layer_state(state, fn):
+    """A layer `state` (a `MixerState`, (keys, values) or `None`) with `fn` applied to every tensor."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(fn(t) for t in state)
+    return state.map_tensors(fn)
 
 
 class SelfModifyingLayerCache:
@@ -73,6 +95,11 @@ class SelfModifyingLayerCache:
         """Apply `fn` to every tensor of the layer's state, in place of the state (batch operations)."""
         if self.state is not None:
             self.state = self.state.map_tensors(fn)
+        self.cms = map_cms(self.cms, fn)
+
+    def restore(self, state: MixerState | None) -> None:
+        """Put back a state taken earlier from `.state` (in-context CMS re-runs a segment from its start)."""
+        self.state = state
 
     def reset(self) -> None:
         self.state, self.cms = None, None
@@ -105,6 +132,11 @@ class AttentionLayerCache:
     def map_tensors(self, fn) -> None:
         if self.keys is not None:
             self.keys, self.values = fn(self.keys), fn(self.values)
+        self.cms = map_cms(self.cms, fn)
+
+    def restore(self, state: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Put back the keys and values taken earlier from `.state` (`None`: empty)."""
+        self.keys, self.values = state if state is not None else (None, None)
 
     def reset(self) -> None:
         self.keys = self.values = self.cms = None
@@ -130,6 +162,8 @@ class HopeCache(Cache):
         super().__init__(layers=layers)
         self.seen_tokens = 0
         self.attention_mask: torch.Tensor | None = None
+        self.segment_ids: torch.Tensor | None = None
+        self.segment_start: list | None = None
 
     def __repr__(self) -> str:
         kind = type(self.layers[0]).__name__ if self.layers else "none"
@@ -169,6 +203,18 @@ class HopeCache(Cache):
             layer.map_tensors(fn)
         if self.attention_mask is not None:
             self.attention_mask = fn(self.attention_mask)
+        if self.segment_ids is not None:
+            self.segment_ids = fn(self.segment_ids)
+            self.segment_start = [map_layer_state(state, fn) for state in self.segment_start]
+
+    def detach(self) -> None:
+        """Cut the autograd graph of every tensor held (truncated backpropagation through a stream)."""
+        for layer in self.layers:
+            layer.map_tensors(torch.Tensor.detach)
+        if self.attention_mask is not None:
+            self.attention_mask = self.attention_mask.detach()
+        if self.segment_ids is not None:
+            self.segment_start = [map_layer_state(state, torch.Tensor.detach) for state in self.segment_start]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: row i of the new cache is row `beam_idx[i]` of the old one."""
@@ -186,6 +232,7 @@ class HopeCache(Cache):
             layer.reset()
         self.seen_tokens = 0
         self.attention_mask = None
+        self.segment_ids = self.segment_start = None
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError(
@@ -199,4 +246,4 @@ class HopeCache(Cache):
         return sizes.pop() if sizes else -1
 
 
-__all__ = ["AttentionLayerCache", "HopeCache", "SelfModifyingLayerCache"]
+__all__ = ["AttentionLayerCache", "HopeCache", "SelfModifyingLayerCache", "map_cms", "map_layer_state"]

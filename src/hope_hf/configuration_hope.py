@@ -75,6 +75,11 @@ class HopeConfig(PreTrainedConfig):
         rope_theta: RoPE base.
         attention_bias: biases in the attention projections.
         tie_word_embeddings: tie the output head to the input embeddings.
+        in_context_cms: turn in-context (test-time) CMS learning on (HOPE.md §4): levels with
+            `chunk_size > 0` then take a step of their fast weights every `chunk_size` tokens during
+            `HopeForCausalLM.forward` (eval mode, `input_ids`, no padding). Off by default (pre-training
+            speed); `forward(..., in_context_cms=...)` overrides it per call. Needs a level with
+            `chunk_size > 0`.
     """
 
     model_type = "hope"
@@ -115,6 +120,7 @@ class HopeConfig(PreTrainedConfig):
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
     tie_word_embeddings: bool = False
+    in_context_cms: bool = False
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -186,7 +192,8 @@ class HopeConfig(PreTrainedConfig):
                 f"a multiple of projection_chunk_size={self.projection_chunk_size}",
             )
         for field in ("inner_momentum", "adaptive_q", "adaptive_k", "adaptive_v", "adaptive_rates",
-                      "inner_weight_decay", "normalize_values", "attention_bias", "tie_word_embeddings"):
+                      "inner_weight_decay", "normalize_values", "attention_bias", "tie_word_embeddings",
+                      "in_context_cms"):
             if not isinstance(getattr(self, field), bool):
                 fail(field, getattr(self, field), "a bool")
         if not (math.isfinite(self.eta_max) and self.eta_max > 0):
@@ -227,6 +234,14 @@ class HopeConfig(PreTrainedConfig):
             lr = level["lr"]
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
                 raise ValueError(f"{where}['lr'] must be a finite number >= 0, got {lr!r}")
+        if self.in_context_cms and not self.in_context_levels:
+            raise ValueError(f"HopeConfig.in_context_cms=True needs a CMS level with chunk_size > 0, got "
+                             f"chunk sizes {[level['chunk_size'] for level in levels]}")
+
+    @property
+    def in_context_levels(self) -> list[int]:
+        """Indices of the CMS levels that learn in context (`chunk_size > 0`)."""
+        return [j for j, level in enumerate(self.cms_levels) if level["chunk_size"] > 0]
 
 
 __all__ = ["HopeConfig", "default_cms_levels"]

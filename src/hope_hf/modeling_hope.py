@@ -19,7 +19,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 
 from .attention import HopeAttention
 from .cache import HopeCache
-from .cms import ContinuumMemory
+from .cms import ContinuumMemory, consolidate_level, in_context_step
 from .configuration_hope import HopeConfig
 from .model_card import write_model_card
 from .normalization import HopeRMSNorm
@@ -40,7 +40,7 @@ class HopeBlock(GradientCheckpointingLayer):
         self.cms = ContinuumMemory(config)
 
     def forward(self, hidden: torch.Tensor, position_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, layer_state=None):
+                attention_mask: torch.Tensor | None = None, layer_state=None, cms_deltas: list | None = None):
         """
         Args:
             hidden: [B, T, D].
@@ -48,6 +48,7 @@ class HopeBlock(GradientCheckpointingLayer):
             attention_mask: [B, T_past + T] (attention) or [B, T] (self-modifying), 1 real / 0 padding.
             layer_state: the layer's state before this call (a `MixerState`, or the attention's
                 (keys, values)), or `None` at the start of a sequence.
+            cms_deltas: the in-context fast weights of the CMS levels (`HopeCache` layer `cms["delta"]`), or `None`.
         Returns:
             hidden [B, T, D] and the layer's state after the call.
         """
@@ -56,7 +57,7 @@ class HopeBlock(GradientCheckpointingLayer):
             mixed, new_state = self.mixer(normed, position_ids, attention_mask, layer_state)
         else:
             mixed, new_state = self.mixer(normed, attention_mask, layer_state)
-        return self.cms(hidden + mixed), new_state
+        return self.cms(hidden + mixed, cms_deltas), new_state
 
 
 class HopePreTrainedModel(PreTrainedModel):
@@ -217,7 +218,8 @@ class HopeModel(HopePreTrainedModel):
             if output_hidden_states:
                 all_hidden += (hidden,)
             layer_cache = past_key_values.layers[i] if past_key_values is not None else None
-            hidden, state = layer(hidden, position_ids, mixer_mask, layer_cache.state if layer_cache else None)
+            deltas = layer_cache.cms["delta"] if layer_cache is not None and layer_cache.cms is not None else None
+            hidden, state = layer(hidden, position_ids, mixer_mask, layer_cache.state if layer_cache else None, deltas)
             if layer_cache is not None:
                 layer_cache.update(state)
         if past_key_values is not None:
@@ -286,6 +288,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        in_context_cms: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """
@@ -293,29 +296,192 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             labels: [B, T] next-token targets (shifted inside `self.loss_function`; -100 is ignored).
             logits_to_keep: compute logits for the last `logits_to_keep` positions only (0 = all),
                 or for the positions of a 1-D index tensor.
+            in_context_cms: run the in-context CMS (default: `config.in_context_cms`): levels with `chunk_size > 0`
+                step their fast weights in the cache every `chunk_size` tokens (eval mode, `input_ids`, no
+                padding; see the decisions below). Off: fast weights already in the cache are used, not updated.
             Other arguments as `HopeModel.forward`; extra kwargs (e.g. `num_items_in_batch`) reach the loss.
         Returns:
             `CausalLMOutputWithPast` with `logits` [B, T_kept, vocab] and `loss` when `labels` is given.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
-        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden)
+        in_context_cms = self.config.in_context_cms if in_context_cms is None else in_context_cms
+        if in_context_cms:
+            if inputs_embeds is not None or output_hidden_states:
+                raise ValueError("in-context CMS takes input_ids (the chunk loss reads the next tokens), "
+                                 "without inputs_embeds or output_hidden_states")
+            if position_ids is not None and input_ids is not None:
+                past = past_key_values.get_seq_length() if past_key_values is not None else 0
+                default = torch.arange(past, past + input_ids.shape[1], device=position_ids.device)
+                if not bool((position_ids == default).all()):
+                    raise ValueError("in-context CMS uses the default position_ids (the column index); got others")
+            logits, cache = self._in_context_logits(input_ids, attention_mask, past_key_values)
+            use_cache = use_cache if use_cache is not None else self.config.use_cache
+            outputs = BaseModelOutputWithPast(past_key_values=cache if use_cache else None)
+            logits = slice_logits_to_keep(logits, logits_to_keep)
+        else:
+            if isinstance(past_key_values, HopeCache) and past_key_values.segment_ids is not None:
+                raise ValueError(
+                    f"in_context_cms=False on a cache inside an in-context segment ({past_key_values.segment_ids.shape[1]}"
+                    " tokens since the last in-context step): its tokens would be missing when the segment completes; "
+                    "continue with in_context_cms=True up to the next step boundary first"
+                )
+            outputs = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
+            logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         output = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
                                         hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
+
+    # --- in-context CMS (HOPE.md §4, Eq. 71): the driver of the fast weights' steps ----------------------------
+    #
+    # Decisions (docs/FAITHFULNESS.md §4):
+    # - Step boundaries are absolute positions: level ℓ steps after every token whose 1-based position is a
+    #   multiple of its `chunk_size` c_ℓ (all rows share positions: padding is refused). The tokens between
+    #   two consecutive steps of any level form a *segment*; every ΔW is constant inside a segment.
+    # - The loss of a segment is the summed cross-entropy of its next-token pairs (t, t+1), both tokens in the
+    #   segment, summed over rows (row b's ΔW_b only sees row b's loss). Level ℓ steps on the sum of the
+    #   segment gradients of its chunk: with one in-context level that is exactly its chunk's loss; with
+    #   several, the pairs that straddle a faster level's step are not counted.
+    # - The gradient is taken through the segment's own computation, from the (detached) state at the segment
+    #   start: one forward of the whole segment, whatever the calls it arrived in. A call that ends inside a
+    #   segment runs without gradients and keeps the segment's tokens and start state in the cache; the call
+    #   that completes it re-runs the segment from its start with gradients. So the result does not depend on
+    #   how a stream is split into calls, and token-by-token decoding equals one forward.
+    # - First order: the step is not differentiated; outputs carry no graph; eval mode only.
+
+    def _in_context_logits(self, input_ids: torch.LongTensor | None, attention_mask: torch.Tensor | None,
+                           cache: HopeCache | None) -> tuple[torch.Tensor, HopeCache]:
+        """Online forward with in-context CMS: logits [B, T, V] (no graph) and the cache after the call."""
+        if not self.config.in_context_levels:
+            raise ValueError("in_context_cms=True needs a CMS level with chunk_size > 0, got chunk sizes "
+                             f"{[level['chunk_size'] for level in self.config.cms_levels]}")
+        if self.training:
+            raise ValueError("in-context CMS runs in eval mode only (the outer loop does not differentiate through "
+                             "the in-context steps): call model.eval(), or pass in_context_cms=False to train")
+        if input_ids is None:
+            raise ValueError("in-context CMS needs input_ids (the chunk loss reads the next tokens), got None")
+        if cache is not None and not isinstance(cache, HopeCache):
+            raise ValueError(f"past_key_values must be a HopeCache (Hope is recurrent), got {type(cache).__name__}")
+        cache = cache if cache is not None else HopeCache(self.config)
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if padded or cache.attention_mask is not None:
+            raise ValueError("in-context CMS does not support padding: attention_mask must be all ones (each row's "
+                             "chunk boundaries are absolute positions shared by the batch)")
+        self._init_fast_weights(cache, input_ids.shape[0], input_ids.device)
+        logits, start, T = [], 0, input_ids.shape[1]
+        while start < T:
+            boundary = self._next_step_boundary(cache.seen_tokens)
+            end = min(T, start + boundary - cache.seen_tokens)
+            piece = input_ids[:, start:end]
+            if cache.seen_tokens + piece.shape[1] == boundary:
+                logits.append(self._complete_segment(piece, cache))
+            else:
+                logits.append(self._extend_segment(piece, cache))
+            start = end
+        if not logits:
+            return input_ids.new_zeros(input_ids.shape[0], 0, self.config.vocab_size, dtype=self.lm_head.weight.dtype), cache
+        return torch.cat(logits, dim=1), cache
+
+    def _next_step_boundary(self, position: int) -> int:
+        """The first position > `position` where some in-context level steps."""
+        sizes = [self.config.cms_levels[j]["chunk_size"] for j in self.config.in_context_levels]
+        return min((position // c + 1) * c for c in sizes)
+
+    def _init_fast_weights(self, cache: HopeCache, batch_size: int, device: torch.device) -> None:
+        """ΔW = 0 and summed gradients = 0 for every in-context level, on the first in-context call of a cache."""
+        dtype = torch.promote_types(self.lm_head.weight.dtype, torch.float32)
+        for block, layer in zip(self.model.layers, cache.layers, strict=True):
+            if layer.cms is not None:
+                rows = next(d[0].shape[0] for d in layer.cms["delta"] if d is not None)
+                if rows != batch_size:
+                    raise ValueError(f"input_ids has batch size {batch_size} but the cache's in-context fast weights "
+                                     f"hold {rows} rows")
+                continue
+            zeros = [block.cms.levels[j].zero_delta(batch_size, device, dtype) if j in self.config.in_context_levels
+                     else None for j in range(len(block.cms.levels))]
+            layer.cms = {"delta": zeros, "grad": [None if z is None else tuple(t.clone() for t in z) for z in zeros]}
+
+    def _segment_logits(self, ids: torch.LongTensor, cache: HopeCache) -> torch.Tensor:
+        hidden = self.model(input_ids=ids, past_key_values=cache, use_cache=True, return_dict=True).last_hidden_state
+        return self.lm_head(hidden)
+
+    def _extend_segment(self, piece: torch.LongTensor, cache: HopeCache) -> torch.Tensor:
+        """A call that stops inside a segment: plain outputs; the segment's tokens and start are remembered."""
+        if cache.segment_ids is None:
+            cache.segment_start = [layer.state for layer in cache.layers]
+            cache.segment_ids = piece
+        else:
+            cache.segment_ids = torch.cat([cache.segment_ids, piece], dim=1)
+        with torch.no_grad():
+            return self._segment_logits(piece, cache)
+
+    def _complete_segment(self, piece: torch.LongTensor, cache: HopeCache) -> torch.Tensor:
+        """The call that reaches a step boundary: (re-)run the whole segment from its start with gradients, add
+        its gradient to every in-context level, step the levels due here, and return the logits of `piece`."""
+        ids = piece
+        if cache.segment_ids is not None:
+            ids = torch.cat([cache.segment_ids, piece], dim=1)
+            for layer, state in zip(cache.layers, cache.segment_start, strict=True):
+                layer.restore(state)
+            cache.seen_tokens -= cache.segment_ids.shape[1]
+            cache.segment_ids = cache.segment_start = None
+        levels = self.config.in_context_levels
+        leaves = []
+        for layer in cache.layers:
+            for j in levels:
+                layer.cms["delta"][j] = tuple(d.detach().requires_grad_(True) for d in layer.cms["delta"][j])
+                leaves += layer.cms["delta"][j]
+        with torch.enable_grad():
+            logits = self._segment_logits(ids, cache)
+            if ids.shape[1] > 1:
+                loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(),
+                                                   reduction="sum")
+                grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            else:
+                grads = [None] * len(leaves)
+        grads = iter(torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads))
+        position = cache.seen_tokens
+        for layer in cache.layers:
+            for j in levels:
+                delta = layer.cms["delta"][j]
+                grad = tuple(acc + next(grads) for acc in layer.cms["grad"][j])
+                if position % self.config.cms_levels[j]["chunk_size"] == 0:
+                    delta = in_context_step(delta, grad, self.config.cms_levels[j]["lr"])
+                    grad = tuple(torch.zeros_like(g) for g in grad)
+                layer.cms["delta"][j] = tuple(d.detach() for d in delta)
+                layer.cms["grad"][j] = tuple(g.detach() for g in grad)
+        cache.detach()
+        return logits[:, ids.shape[1] - piece.shape[1]:].detach()
+
+    @torch.no_grad()
+    def consolidate_cms(self, cache: HopeCache, level: int, row: int | None = None) -> None:
+        """Fold the in-context fast weights of CMS level `level` (every layer) into its parameters, and zero them in
+        the cache: `W ← W + ΔW_row` (`row=None`: the mean over rows; exact continuation for a batch of 1).
+
+        The one place where test-time learning becomes permanent (HOPE.md §4).
+        """
+        if level not in self.config.in_context_levels:
+            raise ValueError(f"level must be an in-context CMS level (chunk_size > 0), one of "
+                             f"{self.config.in_context_levels}, got {level!r}")
+        if cache.layers[0].cms is None:
+            raise ValueError("the cache holds no in-context fast weights yet (run an in-context forward first)")
+        for block, layer in zip(self.model.layers, cache.layers, strict=True):
+            delta = layer.cms["delta"][level]
+            if row is not None and not 0 <= row < delta[0].shape[0]:
+                raise ValueError(f"row must be in [0, {delta[0].shape[0]}), got {row!r}")
+            consolidate_level(block.cms.levels[level], delta, row)
+            layer.cms["delta"][level] = tuple(torch.zeros_like(d) for d in delta)
 
 
 __all__ = ["HopeBlock", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel"]

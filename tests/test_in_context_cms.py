@@ -1,0 +1,163 @@
+"""In-context CMS (HOPE.md §4, Eq. 71): fast weights ΔW in the cache step every `chunk_size` tokens on the
+summed next-token loss; the result does not depend on how the stream is split into calls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
+
+from conftest import tiny_config_kwargs
+
+MIXERS = {"hope": {}, "hope-attention": {"mixer": "attention", "num_key_value_heads": 2}}
+
+
+def levels(lr0=0.5, lr1=0.3, c0=4, c1=8):
+    return [{"intermediate_size": 37, "update_period": 1, "chunk_size": c0, "lr": lr0},
+            {"intermediate_size": 19, "update_period": 4, "chunk_size": c1, "lr": lr1}]
+
+
+def build(mixer="hope", **overrides) -> HopeForCausalLM:
+    kwargs = {"in_context_cms": True, "cms_levels": levels(), **MIXERS[mixer], **overrides}
+    return HopeForCausalLM(HopeConfig(**tiny_config_kwargs(**kwargs))).eval()
+
+
+def ids(batch=2, length=22, seed=1):
+    return torch.randint(3, 99, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def deltas(cache: HopeCache) -> list[torch.Tensor]:
+    return [t for layer in cache.layers for entry in layer.cms["delta"] if entry is not None for t in entry]
+
+
+@pytest.mark.parametrize("mixer", list(MIXERS))
+def test_pieces_and_token_by_token_equal_one_online_forward(mixer):
+    model = build(mixer)
+    x = ids()
+    with torch.no_grad():
+        full = model(x)
+        pieces_cache, decode_cache = HopeCache(model.config), HopeCache(model.config)
+        pieces = torch.cat([model(x[:, a:b], past_key_values=pieces_cache).logits
+                            for a, b in ((0, 3), (3, 13), (13, 22))], 1)
+        decoded = torch.cat([model(x[:, t:t + 1], past_key_values=decode_cache).logits for t in range(22)], 1)
+        off = model(x, in_context_cms=False)
+    assert (full.logits - off.logits).abs().max() > 1e-3                   # the fast weights did change outputs
+    assert (pieces - full.logits).abs().max() < 1e-5
+    assert (decoded - full.logits).abs().max() < 1e-5
+    for a, b, c in zip(deltas(full.past_key_values), deltas(pieces_cache), deltas(decode_cache), strict=True):
+        assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a, c, atol=1e-6)
+
+
+def test_equals_a_plain_reference_loop():
+    """The driver against the rule written out with the plain (in-context off) forward, one level of chunk 4:
+    per complete chunk, ΔW ← ΔW − lr ∂/∂ΔW Σ_pairs CE, the chunk run from the detached state at its start."""
+    model = build(cms_levels=levels(c1=0, lr1=0.0)[:1] + [{"intermediate_size": 19, "update_period": 4}])
+    x = ids(length=14)
+    with torch.no_grad():
+        online = model(x)
+    cache = HopeCache(model.config)
+    model._init_fast_weights(cache, 2, x.device)
+    logits = []
+    for start in range(0, 14, 4):
+        chunk = x[:, start:start + 4]
+        leaves = []
+        for layer in cache.layers:
+            layer.cms["delta"][0] = tuple(d.detach().requires_grad_(True) for d in layer.cms["delta"][0])
+            leaves += layer.cms["delta"][0]
+        out = model(chunk, past_key_values=cache, in_context_cms=False).logits
+        logits.append(out.detach())
+        loss = F.cross_entropy(out[:, :-1].flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
+        if chunk.shape[1] < 4:                               # the last chunk is not complete: no step yet
+            break
+        grads = iter(torch.autograd.grad(loss, leaves))
+        for layer in cache.layers:
+            layer.cms["delta"][0] = tuple((d - 0.5 * next(grads)).detach() for d in layer.cms["delta"][0])
+        cache.detach()
+    assert (torch.cat(logits, 1) - online.logits).abs().max() < 1e-5
+    for a, b in zip(deltas(online.past_key_values), deltas(cache), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_levels_change_only_at_multiples_of_their_chunk_and_lr_zero_never():
+    model = build(cms_levels=levels(c0=4, c1=8) + [{"intermediate_size": 11, "update_period": 1,
+                                                     "chunk_size": 4, "lr": 0.0}])
+    x = ids(length=16)
+    cache = HopeCache(model.config)
+    previous = None
+    with torch.no_grad():
+        for t in range(16):
+            model(x[:, t:t + 1], past_key_values=cache)
+            now = [[tuple(d.clone() for d in e) for e in layer.cms["delta"]] for layer in cache.layers]
+            position = t + 1
+            for i, layer_now in enumerate(now):
+                for j, chunk in enumerate((4, 8, 4)):
+                    before = previous[i][j] if previous else tuple(torch.zeros_like(d) for d in layer_now[j])
+                    changed = any(not torch.equal(a, b) for a, b in zip(before, layer_now[j]))
+                    if j == 2:
+                        assert not changed and all(not d.any() for d in layer_now[j])
+                    else:
+                        assert changed == (position % chunk == 0), (i, j, position)
+            previous = now
+
+
+def test_lr_zero_equals_the_plain_forward():
+    model = build(cms_levels=levels(lr0=0.0, lr1=0.0))
+    x = ids()
+    with torch.no_grad():
+        online = model(x).logits
+        plain = model(x, in_context_cms=False).logits
+    assert torch.equal(online, plain) or (online - plain).abs().max() < 1e-6
+
+
+def test_off_by_default_and_switches():
+    config = HopeConfig(**tiny_config_kwargs())
+    assert config.in_context_cms is False and config.in_context_levels == []
+    model = HopeForCausalLM(config).eval()
+    with torch.no_grad():
+        out = model(ids(), use_cache=True)
+    assert all(layer.cms is None for layer in out.past_key_values.layers)
+    with pytest.raises(ValueError, match="chunk_size > 0"):
+        model(ids(), in_context_cms=True)
+    with pytest.raises(ValueError, match="in_context_cms"):
+        HopeConfig(**tiny_config_kwargs(in_context_cms=True))
+    with pytest.raises(ValueError, match="in_context_cms"):
+        HopeConfig(**tiny_config_kwargs(in_context_cms=1, cms_levels=levels()))
+
+
+def test_refuses_training_mode_padding_and_embeddings():
+    model = build()
+    x = ids()
+    with pytest.raises(ValueError, match="eval mode"):
+        model.train()(x)
+    model.eval()
+    mask = torch.ones_like(x)
+    mask[0, :3] = 0
+    with pytest.raises(ValueError, match="padding"):
+        model(x, attention_mask=mask)
+    with pytest.raises(ValueError, match="input_ids"):
+        model(inputs_embeds=model.get_input_embeddings()(x))
+    with torch.no_grad():
+        assert torch.equal(model(x, attention_mask=torch.ones_like(x)).logits, model(x).logits)
+        cache = model(x[:, :6]).past_key_values                 # ends inside a chunk of 4
+    with pytest.raises(ValueError, match="inside an in-context segment"):
+        model(x[:, 6:], past_key_values=cache, in_context_cms=False)
+
+
+def test_generate_with_in_context_cms_equals_the_online_forward():
+    model = build()
+    prompt = ids(batch=1, length=6)
+    with torch.no_grad():
+        generated = model.generate(prompt, max_new_tokens=9, do_sample=False, pad_token_id=0)
+        online = model(generated).logits
+    assert generated.shape == (1, 15)
+    assert torch.equal(online[:, 5:-1].argmax(-1), generated[:, 6:])
+
+
+def test_fast_weights_stay_out_of_the_parameters():
+    model = build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model(ids(length=30))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
