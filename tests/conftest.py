@@ -54,6 +54,7 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>")
 
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One torch thread for a module of many tiny forwards: tiny models gain nothing from threads, and on a

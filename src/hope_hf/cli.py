@@ -218,8 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser(
         "generate", formatter_class=_HelpFormatter, help="continue a prompt, streaming the text",
         description=_wrap("Generate text from a saved model, printed token by token as it is produced. "
-                    "Until the recurrent cache lands, Hope re-reads the whole prefix for every new token: keep "
-                    "--max-new-tokens modest on a CPU."),
+                    "Decoding uses the recurrent cache: each new token costs the same, whatever the prompt length."),
         epilog='example:\n  hope-hf generate runs/hope-tiny --prompt "Return the number of" --max-new-tokens 40')
     gen.add_argument("model", help="a folder written by `hope-hf train` or save_pretrained")
     gen.add_argument("--prompt", required=True, help="the text to continue")

@@ -26,7 +26,8 @@ Methods (same tasks, data order, steps, batch size and learning rate):
 | `hope` | Hope | every CMS level updated every step (no schedule) |
 | `hope_cms` | Hope | level `j` steps every `update_period_j` steps (`schedule.HopeScheduleCallback`) |
 
-Add methods (e.g. in-context CMS, issue 7) with `register_method(name, Method(...))`.
+Add methods with `register_method(name, Method(...))`. In-context CMS is not one yet: it refuses padded batches,
+and the classification batches here are padded.
 This is not a model file.
 """
 
