@@ -193,7 +193,7 @@ def test_inner_gradients_are_the_gradients_of_the_inner_loss():
 
     rule = MemoryRule(HOPE, 4, 8)
     inputs, state = make_case(HOPE, b=1, t=1)
-    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs.x, state, inputs, rule, slice(0, 1))
+    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs, state.anchor_in, state.anchor_out, rule)
     for m in range(len(HOPE)):
         w_in = state.anchor_in[0, :, m].clone().requires_grad_(True)      # [H, h, d]
         w_out = state.anchor_out[0, :, m].clone().requires_grad_(True)

@@ -13,6 +13,7 @@ from transformers import PreTrainedConfig
 
 MIXERS = ("self_modifying", "attention")
 INNER_OPTIMIZERS = ("dgd", "gd")
+MEMORY_IMPLEMENTATIONS = ("chunk", "compiled", "naive")
 CMS_LEVEL_KEYS = ("intermediate_size", "update_period", "chunk_size", "lr")
 
 
@@ -69,6 +70,15 @@ class HopeConfig(PreTrainedConfig):
             SwiGLU), `update_period` (training steps between optimiser updates of the level),
             `chunk_size` (tokens between in-context updates; 0 disables them) and `lr` (in-context
             learning rate). Defaults to three levels of width `hidden_size` with periods 1, 4, 16.
+        memory_implementation: how the self-modifying memories run a multi-token call: `"chunk"` (chunk-wise
+            closed form, eager PyTorch), `"compiled"` (the same per-chunk function under `torch.compile`, one
+            graph per chunk length: fewer, fused kernels, the fast path on GPU; needs a working
+            `torch.compile` backend) or `"naive"` (the token-by-token reference, slow). All three compute the
+            same function.
+        memory_checkpoint_chunks: activation checkpointing inside the memory: with gradients on, keep its
+            state only every `memory_checkpoint_chunks` chunks of `projection_chunk_size` tokens and recompute
+            the chunks in between during backward (0 = off). Trades one extra forward of the memory for
+            activation memory; combine with `gradient_checkpointing_enable()` (per block) for long sequences.
         rms_norm_eps: epsilon of every RMSNorm.
         initializer_range: standard deviation of the normal initialisation of linear layers.
         max_position_embeddings: longest sequence the attention mixer's RoPE is meant for.
@@ -109,6 +119,8 @@ class HopeConfig(PreTrainedConfig):
     alpha_init: float = 0.999
     alpha_min: float = 0.0
     momentum_init: float = 0.5
+    memory_implementation: str = "chunk"
+    memory_checkpoint_chunks: int = 0
     cms_levels: list[dict[str, Any]] | None = None
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
@@ -174,6 +186,9 @@ class HopeConfig(PreTrainedConfig):
         for field in ("memory_expansion", "projection_chunk_size", "memory_chunk_size", "conv_window"):
             check_int(field, 1)
         check_int("max_position_embeddings", 1)
+        check_int("memory_checkpoint_chunks", 0)
+        if self.memory_implementation not in MEMORY_IMPLEMENTATIONS:
+            fail("memory_implementation", self.memory_implementation, f"one of {MEMORY_IMPLEMENTATIONS}")
         if self.hidden_size % self.num_heads != 0:
             fail("num_heads", self.num_heads, f"a divisor of hidden_size={self.hidden_size}")
         if self.num_heads % self.num_key_value_heads != 0:

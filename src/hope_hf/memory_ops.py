@@ -46,6 +46,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 @dataclass(frozen=True)
@@ -181,13 +182,13 @@ def silu_derivative(z: torch.Tensor) -> torch.Tensor:
     return s * (1 + z * (1 - s))
 
 
-def projections(memory_out: dict[str, torch.Tensor], inputs: MemoryInputs, rule: MemoryRule,
-                sl: slice) -> tuple[torch.Tensor, ...]:
-    """q, k, v, η, log α, β and the write mask for tokens `sl` (Eq. 79-85).
+def projections(memory_out: dict[str, torch.Tensor], inputs: MemoryInputs, rule: MemoryRule
+                ) -> tuple[torch.Tensor, ...]:
+    """q, k, v, η, log α, β and the write mask of a block of tokens (Eq. 79-85).
 
     Args:
         memory_out: outputs M_□(x̃) [b, H, n, d] of the projection memories, by name.
-        sl: the token slice of this block in the call.
+        inputs: the inputs of the block only (`_slice_tokens`).
     Returns:
         q, k, v [b, H, n, d]; eta, log_alpha, log_beta, write [b, H, n] (`log_beta` is `None`
         without momentum; `write` is the mask as a float).
@@ -196,7 +197,7 @@ def projections(memory_out: dict[str, torch.Tensor], inputs: MemoryInputs, rule:
     def source(name: str) -> torch.Tensor:
         if name in memory_out:
             return memory_out[name]
-        return inputs.static[name][:, :, sl]
+        return inputs.static[name]
 
     q = F.normalize(source("q"), dim=-1)
     k = F.normalize(source("k"), dim=-1)
@@ -220,7 +221,7 @@ def projections(memory_out: dict[str, torch.Tensor], inputs: MemoryInputs, rule:
     if inputs.mask is None:
         write = torch.ones_like(eta)
     else:
-        write = inputs.mask[:, None, sl].to(eta.dtype).expand_as(eta)
+        write = inputs.mask[:, None, :].to(eta.dtype).expand_as(eta)
         eta = eta * write
         log_alpha = log_alpha * write
     log_beta = None
@@ -243,25 +244,26 @@ def _refresh_anchors(state: MemoryState, position: int, rule: MemoryRule) -> Mem
     return state
 
 
-def _anchor_terms(x: torch.Tensor, state: MemoryState, inputs: MemoryInputs, rule: MemoryRule, sl: slice):
+def _anchor_terms(inputs: MemoryInputs, anchor_in: torch.Tensor, anchor_out: torch.Tensor, rule: MemoryRule):
     """Everything a block of tokens computes with the anchor states (shared by both implementations).
 
     Args:
-        x: [b, H, n, d] features of the block.
+        inputs: the inputs of the block only (`_slice_tokens`); `x` is [b, H, n, d].
+        anchor_in, anchor_out: A⁰ [b, H, M, h, d] and B⁰ [b, H, M, d, h].
     Returns:
         o [b, H, n, d] the read; k [b, H, n, d]; eta, log_alpha, log_beta, write [b, H, n];
         act a = σ(A⁰k) [b, H, M, n, h]; e [b, H, M, n, d]; u [b, H, M, n, h].
     """
     p = rule.num_projection_memories
-    outs = memory_apply(x.unsqueeze(2), state.anchor_in[:, :, :p], state.anchor_out[:, :, :p])
+    outs = memory_apply(inputs.x.unsqueeze(2), anchor_in[:, :, :p], anchor_out[:, :, :p])
     memory_out = {name: outs[:, :, i] for i, name in enumerate(rule.names[:-1])}
-    q, k, v, eta, log_alpha, log_beta, write = projections(memory_out, inputs, rule, sl)
-    o = memory_apply(q, state.anchor_in[:, :, -1], state.anchor_out[:, :, -1])
-    z = k.unsqueeze(2) @ state.anchor_in.transpose(-1, -2)
+    q, k, v, eta, log_alpha, log_beta, write = projections(memory_out, inputs, rule)
+    o = memory_apply(q, anchor_in[:, :, -1], anchor_out[:, :, -1])
+    z = k.unsqueeze(2) @ anchor_in.transpose(-1, -2)
     act = F.silu(z)
-    v_hat = memory_apply(v.unsqueeze(2), state.anchor_in, state.anchor_out)
-    e = k.unsqueeze(2) + act @ state.anchor_out.transpose(-1, -2) - v_hat
-    u = (e @ state.anchor_out) * silu_derivative(z)
+    v_hat = memory_apply(v.unsqueeze(2), anchor_in, anchor_out)
+    e = k.unsqueeze(2) + act @ anchor_out.transpose(-1, -2) - v_hat
+    u = (e @ anchor_out) * silu_derivative(z)
     return o, k, eta, log_alpha, log_beta, write, act, e, u
 
 
@@ -290,8 +292,8 @@ def _token_step(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule, t: i
     Returns:
         o [b, H, 1, d]; the state after the token, with `position = next_position`.
     """
-    sl = slice(t, t + 1)
-    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs.x[:, :, sl], state, inputs, rule, sl)
+    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(_slice_tokens(inputs, t, t + 1), state.anchor_in,
+                                                                     state.anchor_out, rule)
     # one token: drop the token axis; rates broadcast over memories and matrix entries
     k = k[:, :, 0, None, None, :]                     # [b, H, 1, 1, d], a row
     act, e, u = act[:, :, :, 0], e[:, :, :, 0], u[:, :, :, 0]
@@ -367,15 +369,23 @@ def _decay_matrices(log_alpha: torch.Tensor, eta: torch.Tensor, log_beta: torch.
             mom_ratio[..., -1, :], mom_from_start[..., -1])
 
 
-def _chunk_step(x: torch.Tensor, state: MemoryState, inputs: MemoryInputs, rule: MemoryRule, sl: slice
-                ) -> tuple[torch.Tensor, MemoryState]:
-    """One chunk (or the part of one between two boundaries) in closed form.
+def chunk_state_update(inputs: MemoryInputs, anchor_in: torch.Tensor, anchor_out: torch.Tensor, w_in: torch.Tensor,
+                       w_out: torch.Tensor, mom_in: torch.Tensor | None, mom_out: torch.Tensor | None,
+                       rule: MemoryRule):
+    """The reads of a chunk and the state at its end, in closed form (tensors in, tensors out: `torch.compile`
+    compiles it once per chunk length).
 
     The delta terms ω_j = −η_j A_{j−1} k_j solve the unit lower-triangular system (UT transform)
         ω_j + η_j Σ_{i<j} Γ(j−1, i)(k_iᵀk_j) ω_i
             = −η_j [Γ(j−1, 0) A_0 k_j + c_{j−1} S_0 k_j − Σ_{s<j} G(j−1, s)(k_sᵀk_j) u_s].
+
+    Args:
+        inputs: the chunk's tokens (`x` [b, H, c, d]); anchor_in/out: A⁰, B⁰; w_in/out: A, B at the chunk start;
+        mom_in/out: S_A, S_B at the chunk start (`None` without momentum). States [b, H, M, h, d] / [b, H, M, d, h].
+    Returns:
+        o [b, H, c, d]; A, B, S_A, S_B at the chunk end.
     """
-    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(x, state, inputs, rule, sl)
+    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs, anchor_in, anchor_out, rule)
     gamma, gamma_prev, G, G_prev, c, c_prev, decay0, decay0_prev, mom_decay, mom_decay0 = _decay_matrices(
         log_alpha, eta, log_beta, write)
     kk = k @ k.transpose(-1, -2)                            # [b, H, c, c]
@@ -384,9 +394,9 @@ def _chunk_step(x: torch.Tensor, state: MemoryState, inputs: MemoryInputs, rule:
     decay_last = decay0[..., -1, None, None, None]           # Γ(C, 0) [b, H, 1, 1, 1]
     written_in = -G_last * u                                # [b, H, M, c, h] coefficients of k_sᵀ
     if rule.delta:
-        rhs = decay0_prev[:, :, None, :, None] * (k_ @ state.w_in.transpose(-1, -2))
+        rhs = decay0_prev[:, :, None, :, None] * (k_ @ w_in.transpose(-1, -2))
         if rule.momentum:
-            rhs = rhs + c_prev[:, :, None, :, None] * (k_ @ state.mom_in.transpose(-1, -2))
+            rhs = rhs + c_prev[:, :, None, :, None] * (k_ @ mom_in.transpose(-1, -2))
         rhs = rhs - ((G_prev * kk).unsqueeze(2) @ u)
         rhs = -eta[:, :, None, :, None] * rhs
         system = torch.eye(kk.shape[-1], dtype=kk.dtype, device=kk.device) + eta.unsqueeze(-1) * gamma_prev * kk
@@ -397,24 +407,34 @@ def _chunk_step(x: torch.Tensor, state: MemoryState, inputs: MemoryInputs, rule:
         omega = omega.view(b, H, n, M, h).permute(0, 1, 3, 2, 4)
         written_in = written_in + gamma_last * omega
     # state-sized tensors dominate the cost: accumulate into the matmul output in place (no temporaries)
-    w_in_new = (written_in.transpose(-1, -2) @ k_).addcmul_(decay_last, state.w_in)
-    w_out_new = ((-G_last * e).transpose(-1, -2) @ act).addcmul_(decay_last, state.w_out)
-    mom_in, mom_out = state.mom_in, state.mom_out
+    w_in_new = (written_in.transpose(-1, -2) @ k_).addcmul_(decay_last, w_in)
+    w_out_new = ((-G_last * e).transpose(-1, -2) @ act).addcmul_(decay_last, w_out)
     if rule.momentum:
         c_last = c[..., -1, None, None, None]
-        w_in_new.addcmul_(c_last, state.mom_in)
-        w_out_new.addcmul_(c_last, state.mom_out)
+        w_in_new.addcmul_(c_last, mom_in)
+        w_out_new.addcmul_(c_last, mom_out)
         step = -(mom_decay * eta)[:, :, None, :, None]      # −P(c, s) η_s
         mom_decay_last = mom_decay0[..., None, None, None]
-        mom_in = ((step * u).transpose(-1, -2) @ k_).addcmul_(mom_decay_last, state.mom_in)
-        mom_out = ((step * e).transpose(-1, -2) @ act).addcmul_(mom_decay_last, state.mom_out)
-    n = x.shape[2]
-    return o, MemoryState(w_in_new, w_out_new, state.anchor_in, state.anchor_out, mom_in, mom_out,
-                          state.position + n)
+        mom_in = ((step * u).transpose(-1, -2) @ k_).addcmul_(mom_decay_last, mom_in)
+        mom_out = ((step * e).transpose(-1, -2) @ act).addcmul_(mom_decay_last, mom_out)
+    return o, w_in_new, w_out_new, mom_in, mom_out
 
 
-def chunk_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule
-                        ) -> tuple[torch.Tensor, MemoryState]:
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_chunk_state_update():
+    """`chunk_state_update` under `torch.compile(fullgraph=True, dynamic=False)`, built on first use (one graph per
+    chunk length and rule; the elementwise work of a chunk fuses into a few kernels, its backward too)."""
+    if "chunk_state_update" not in _COMPILED:
+        # one graph per (chunk length, batch shape, rule): allow more than dynamo's default of 8
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _COMPILED["chunk_state_update"] = torch.compile(chunk_state_update, fullgraph=True, dynamic=False)
+    return _COMPILED["chunk_state_update"]
+
+
+def chunk_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule, *, compiled: bool = False,
+                        checkpoint_chunks: int = 0) -> tuple[torch.Tensor, MemoryState]:
     """Chunk-wise self-modifying memory: the training path, equal to `naive_memory_update`.
 
     Loops over chunks of `rule.projection_chunk` tokens (never over tokens); each chunk is a few
@@ -423,14 +443,43 @@ def chunk_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRu
     Args:
         inputs: see `MemoryInputs`; `x` is [b, H, t, d].
         state: the state before the first token of the call.
+        compiled: run each chunk with `compiled_chunk_state_update()` (same function, compiled).
+        checkpoint_chunks: with gradients on, keep the state only every `checkpoint_chunks` chunks and recompute
+            the chunks in between during backward (activation checkpointing per group of memory chunks;
+            0 = off). Saved memory per layer falls from every chunk's intermediates to one state per group.
     Returns:
         o [b, H, t, d], the reads `M_mem(q_t)`; the state after the last token.
     """
+    update = compiled_chunk_state_update() if compiled else chunk_state_update
+    bounds = _segments(state.position, inputs.x.shape[2], rule.projection_chunk)
+
+    def run(group: list[tuple[int, int]], state: MemoryState) -> tuple[torch.Tensor, MemoryState]:
+        outputs = []
+        for start, end in group:
+            state = _refresh_anchors(state, state.position, rule)
+            chunk = _slice_tokens(inputs, start, end)
+            o, w_in, w_out, mom_in, mom_out = update(chunk, state.anchor_in, state.anchor_out, state.w_in,
+                                                     state.w_out, state.mom_in, state.mom_out, rule)
+            state = MemoryState(w_in, w_out, state.anchor_in, state.anchor_out, mom_in, mom_out,
+                                state.position + end - start)
+            outputs.append(o)
+        return torch.cat(outputs, dim=2), state
+
+    if checkpoint_chunks <= 0 or not torch.is_grad_enabled():
+        return run(bounds, state)
     outputs = []
-    for start, end in _segments(state.position, inputs.x.shape[2], rule.projection_chunk):
-        state = _refresh_anchors(state, state.position, rule)
-        sl = slice(start, end)
-        o, state = _chunk_step(inputs.x[:, :, sl], state, inputs, rule, sl)
+    for i in range(0, len(bounds), checkpoint_chunks):
+        group = bounds[i:i + checkpoint_chunks]
+        position = state.position
+
+        def run_group(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, group=group, position=position):
+            o, end = run(group, MemoryState(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, position))
+            return o, end.w_in, end.w_out, end.anchor_in, end.anchor_out, end.mom_in, end.mom_out
+
+        o, *tensors = torch.utils.checkpoint.checkpoint(
+            run_group, state.w_in, state.w_out, state.anchor_in, state.anchor_out, state.mom_in, state.mom_out,
+            use_reentrant=False)
+        state = MemoryState(*tensors, position=position + group[-1][1] - group[0][0])
         outputs.append(o)
     return torch.cat(outputs, dim=2), state
 
@@ -516,8 +565,8 @@ def _decode_token_step(inputs: MemoryInputs, state: MemoryState, rule: MemoryRul
         S_A ← β S_A + (−η u) kᵀ               A ← α A + (−η A k) kᵀ + m S_A       (DGD with momentum)
         S_B ← β S_B + (−η e) aᵀ               B ← α B + m S_B
     """
-    sl = slice(t, t + 1)
-    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs.x[:, :, sl], state, inputs, rule, sl)
+    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(_slice_tokens(inputs, t, t + 1), state.anchor_in,
+                                                                     state.anchor_out, rule)
     k = k[:, :, 0, None, None, :]                                          # [b, H, 1, 1, d]
     a = act[:, :, :, 0].unsqueeze(-2)                                      # [b, H, M, 1, h]
     neg_eta, alpha, write = (r[:, :, 0, None, None, None] for r in (-eta, log_alpha.exp(), write))

@@ -100,9 +100,11 @@ class HopePreTrainedModel(PreTrainedModel):
             write_model_card(self, save_directory)
 
     def set_memory_implementation(self, implementation: str) -> None:
-        """Run every self-modifying layer with `"chunk"` (default) or the token-by-token `"naive"` reference."""
+        """Run every self-modifying layer with `"chunk"` (default), `"compiled"` (the chunk step under
+        `torch.compile`) or the token-by-token `"naive"` reference; also sets `config.memory_implementation`."""
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {sorted(IMPLEMENTATIONS)}, got {implementation!r}")
+        self.config.memory_implementation = implementation
         for module in self.modules():
             if isinstance(module, SelfModifyingTitans):
                 module.implementation = implementation

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,12 @@ from .memory_ops import (
 )
 from .normalization import HopeRMSNorm
 
-IMPLEMENTATIONS = {"chunk": chunk_memory_update, "naive": naive_memory_update}
+#: `HopeConfig.memory_implementation` → the function that runs a multi-token call (all compute the same thing).
+IMPLEMENTATIONS = {
+    "chunk": chunk_memory_update,
+    "compiled": partial(chunk_memory_update, compiled=True),
+    "naive": naive_memory_update,
+}
 
 
 @dataclass
@@ -87,7 +93,8 @@ def logit(p: float) -> float:
 class SelfModifyingTitans(nn.Module):
     """Self-modifying Titans sequence mixer.
 
-    Set `implementation` to `"naive"` to run the token-by-token reference instead of the chunk-wise path.
+    `implementation` starts as `config.memory_implementation` (`"chunk"`, `"compiled"` or the token-by-token
+    `"naive"` reference); `HopeForCausalLM.set_memory_implementation` changes it for every layer.
     """
 
     def __init__(self, config: HopeConfig, layer_idx: int):
@@ -96,7 +103,7 @@ class SelfModifyingTitans(nn.Module):
         self.layer_idx = layer_idx
         D, H, d = config.hidden_size, config.num_heads, config.head_dim
         self.num_heads, self.head_dim = H, d
-        self.implementation = "chunk"
+        self.implementation = config.memory_implementation
         self.rule = MemoryRule(
             names=config.memory_names,
             projection_chunk=config.projection_chunk_size,
@@ -240,6 +247,8 @@ class SelfModifyingTitans(nn.Module):
                 o, memory = decode_memory_update(inputs, state.memory, self.rule)
             else:
                 update = IMPLEMENTATIONS[self.implementation]
+                if self.implementation != "naive" and self.config.memory_checkpoint_chunks:
+                    update = partial(update, checkpoint_chunks=self.config.memory_checkpoint_chunks)
                 memory = replace(state.memory, position=position)
                 if lengths is None:
                     o, memory = update(inputs, memory, self.rule)
