@@ -695,7 +695,7 @@ def run_parallel(script: str, argv: Sequence[str], names: Sequence[str], jobs: i
     while pending or running:
         while pending and len(running) < jobs:
             name = pending.pop(0)
-            if deadline is not None and time.time() > deadline - 30:
+            if deadline is not None and time.time() > deadline:
                 status[name] = EXIT_INTERRUPTED
                 print(f"{name}: not started, the time budget is spent", flush=True)
                 continue
@@ -773,7 +773,7 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
         return 1 if failed else (EXIT_INTERRUPTED if interrupted else 0)
     unfinished = []
     for run in runs:
-        if deadline is not None and time.time() > deadline - 30 and not (args.results_dir / study / f"{run.name}.json").is_file():
+        if deadline is not None and time.time() > deadline and not (args.results_dir / study / f"{run.name}.json").is_file():
             print(f"[{run.name}] not started, the time budget is spent", flush=True)
             unfinished.append(run.name)
             continue
