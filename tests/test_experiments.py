@@ -132,6 +132,33 @@ def test_every_model_sees_the_same_tokens_in_the_same_order(corpus_file, dirs, m
         assert torch.equal(a, b)
 
 
+def test_a_diverged_run_is_recorded_as_such(corpus_file, dirs, monkeypatch):
+    build = common.build_model
+    calls = []
+
+    def diverging_build(config):
+        model = build(config)
+
+        def poison(module, args, kwargs, output):
+            if module.training:
+                calls.append(1)
+                if len(calls) == 3 and output.loss is not None:
+                    output.loss = output.loss * float("nan")
+            return output
+
+        model.register_forward_hook(poison, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(common, "build_model", diverging_build)
+    run = common.Run(name="nan", config=hope_config(), data=str(corpus_file), label="diverges")
+    result = common.train_run(run, SETTINGS, "div", **dirs, log=lambda s: None)
+    assert result["diverged_at_step"] == 3 and result["steps"] == 3 and result["tokens"] == 3 * 32
+    assert result["validation"]["loss"] is None and result["validation"]["perplexity"] is None
+    saved = json.loads((dirs["results_dir"] / "div" / "nan.json").read_text())     # strict JSON: no NaN
+    assert saved["diverged_at_step"] == 3
+    assert "| diverged (step 3) | diverged (step 3) |" in common.markdown_table([saved])
+
+
 def test_parameter_match_check():
     common.check_parameter_match({"a": 1000, "b": 1030})            # 3.0%: allowed
     with pytest.raises(ValueError, match="differ by 3.1%"):

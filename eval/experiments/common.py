@@ -450,6 +450,7 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
                      ckpt_path)
 
     eval_every = max(1, settings.eval_every_tokens // settings.tokens_per_step)
+    diverged_at = None
     started = time.time()
     base_elapsed = elapsed
     if step == 0 and not curve:
@@ -470,7 +471,9 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         step += 1
         train_losses.append([step, float(loss.detach())])
         if not math.isfinite(train_losses[-1][1]):
-            raise FloatingPointError(f"[{run.name}] training loss is {train_losses[-1][1]} at step {step}")
+            diverged_at = step
+            log(f"[{run.name}] DIVERGED: training loss {train_losses[-1][1]} at step {step}; recorded as such")
+            break
         if step % eval_every == 0 or step == settings.steps:
             curve.append([step * settings.tokens_per_step, evaluate(model, curve_blocks, settings.batch_size, dev)])
             log(f"[{run.name}] step {step}/{settings.steps} train loss {train_losses[-1][1]:.4f} "
@@ -485,30 +488,43 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
                     "(run the same command to continue)")
                 return None
     train_seconds = elapsed
-    final_loss = evaluate(model, final_blocks, settings.batch_size, dev)
+    final_loss = _finite_or_none(evaluate(model, final_blocks, settings.batch_size, dev)) if diverged_at is None else None
+    curve = [[tokens, _finite_or_none(loss)] for tokens, loss in curve]        # strict JSON: no NaN
     result = {
         "study": study, "run": run.name, "label": run.label, "group": run.group, "data": corpus.info,
-        "config": config.to_dict() if not isinstance(run.config, str) else run.config,
+        "config_name": run.config if isinstance(run.config, str) else None,
+        "config": json.loads(config.to_json_string(use_diff=False)),   # in full: shipped defaults may change
         "overrides": run.overrides, "model_type": config.model_type, "parameters": parameters,
-        "settings": dataclasses.asdict(settings), "steps": settings.steps,
-        "tokens": settings.steps * settings.tokens_per_step,
-        "validation": {"loss": final_loss, "perplexity": math.exp(final_loss), "blocks": len(final_blocks),
+        "settings": dataclasses.asdict(settings), "steps": step,
+        "tokens": step * settings.tokens_per_step,
+        "diverged_at_step": diverged_at,
+        "validation": {"loss": final_loss, "perplexity": math.exp(final_loss) if final_loss is not None else None,
+                       "blocks": len(final_blocks),
                        "tokens": len(final_blocks) * (settings.block_size - 1)},
-        "curve": curve, "train_loss_last100": sum(l for _, l in train_losses[-100:]) / len(train_losses[-100:]),
+        "curve": curve, "train_loss_last100": _mean_finite([l for _, l in train_losses[-100:]]),
         "train_seconds": train_seconds,
-        "tokens_per_second": settings.steps * settings.tokens_per_step / max(train_seconds, 1e-9),
+        "tokens_per_second": step * settings.tokens_per_step / max(train_seconds, 1e-9),
         "device": device_name(dev), "dtype": "bf16 autocast" if dev.type == "cuda" else "float32",
         "torch": torch.__version__, "transformers": _transformers_version(), "git_commit": git_commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=1) + "\n")
+    result_path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     if ckpt_path.is_file():
         ckpt_path.unlink()
-    log(f"[{run.name}] done: validation perplexity {result['validation']['perplexity']:.2f}, "
+    log(f"[{run.name}] done: validation perplexity {result['validation']['perplexity']}, "
         f"{train_seconds:.0f} s, {result['tokens_per_second']:.0f} tokens/s -> {result_path}")
     return result
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _mean_finite(values: list[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
 
 
 def _transformers_version() -> str:
@@ -542,12 +558,21 @@ def markdown_table(results: Sequence[dict], order: Sequence[str] | None = None, 
     for r in rows:
         extra = ""
         if base:
-            extra = (f" {100 * (r['parameters'] / base['parameters'] - 1):+.1f}% |"
-                     f" {100 * (r['validation']['perplexity'] / base['validation']['perplexity'] - 1):+.1f}% |")
+            ppl, base_ppl = r["validation"]["perplexity"], base["validation"]["perplexity"]
+            change = f"{100 * (ppl / base_ppl - 1):+.1f}%" if ppl is not None and base_ppl is not None else "-"
+            extra = f" {100 * (r['parameters'] / base['parameters'] - 1):+.1f}% | {change} |"
         lines.append(f"| {r['run']} | {r.get('label', '')} | {r['parameters']:,} |{extra} {r['tokens']:,} | "
-                     f"{r['validation']['loss']:.4f} | {r['validation']['perplexity']:.2f} | "
+                     f"{_number(r['validation']['loss'], '.4f', r)} | {_number(r['validation']['perplexity'], '.2f', r)} | "
                      f"{_duration(r['train_seconds'])} | {r['tokens_per_second']:,.0f} | {r['device']} |")
     return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str, result: dict) -> str:
+    """`value` formatted, or why there is none (a run that diverged)."""
+    if value is None:
+        step = result.get("diverged_at_step")
+        return f"diverged (step {step})" if step is not None else "non-finite"
+    return format(value, spec)
 
 
 def _duration(seconds: float) -> str:
@@ -568,8 +593,8 @@ def plot_curves(results: Sequence[dict], path: Path, title: str, group_by: str =
     for ax, (group, rs) in zip(axes[0], sorted(groups.items())):
         for r in sorted(rs, key=lambda r: r["run"]):
             tokens, losses = zip(*r["curve"][1:]) if len(r["curve"]) > 1 else zip(*r["curve"])
-            ax.plot(tokens, losses, label=f"{r['run']} ({r['parameters'] / 1e6:.2f}M, ppl "
-                                          f"{r['validation']['perplexity']:.1f})")
+            ppl = _number(r["validation"]["perplexity"], ".1f", r)
+            ax.plot(tokens, losses, label=f"{r['run']} ({r['parameters'] / 1e6:.2f}M, ppl {ppl})")
         ax.set_title(group)
         ax.set_xlabel("training tokens")
         ax.set_ylabel("validation loss (nats/token)")
