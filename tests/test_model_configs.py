@@ -15,7 +15,7 @@ from hope_hf.baselines import count_parameters
 from hope_hf.model_configs import CONFIG_DIR, available_configs, load_config, nominal_parameters
 
 FAMILIES = ("hope", "hope-attention", "titans", "hope-no-cms", "hope-gd", "transformer")
-SIZES = ("tiny", "340m", "760m", "1.3b")
+SIZES = ("tiny", "small", "340m", "760m", "1.3b")
 EXPECTED = sorted(f"{family}-{size}" for family in FAMILIES for size in SIZES)
 
 

@@ -1,7 +1,9 @@
 """The named model configurations of `modeling_configs/`: Hope, its ablations and matched Llama baselines.
 
 Every size follows the shapes of HOPE.md §7 (340M = 24 layers × 1024 × 16 heads, 760M = 24 × 1536 × 16,
-1.3B = 18 × 2048 × 8, 32K vocabulary), plus a `tiny` size that trains on a CPU in minutes. The CMS
+1.3B = 18 × 2048 × 8, 32K vocabulary), plus two sizes for small-scale experiments (`eval/experiments/`):
+`tiny` (~2M: 4 layers × 128 × 4 heads, 4K vocabulary; trains on a CPU in minutes) and `small` (~6M: 6 layers
+× 256 × 8 heads, 4K vocabulary). The CMS
 widths (and the Llama `intermediate_size`) are chosen so that every model holds about its nominal number
 of parameters (embeddings and output head included, untied). The files pin the architecture and the
 ablation switches; initialisation settings of the inner loop (`eta_init`, `alpha_init`, `momentum_init`,
@@ -55,6 +57,7 @@ CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {"hope": HopeConfig, "llama"
 #: Nominal parameter count of each size (the suffix of a configuration's name).
 NOMINAL_PARAMETERS: dict[str, int] = {
     "tiny": 2_000_000,
+    "small": 6_000_000,
     "340m": 340_000_000,
     "760m": 760_000_000,
     "1.3b": 1_300_000_000,

@@ -1,0 +1,92 @@
+"""The paper's ablation (Table 6) and the knobs it leaves open, on Hope at the ~2M size (`hope-tiny`).
+
+Every row is `modeling_configs/hope-tiny.json` with a few `HopeConfig` fields overridden, trained on the
+same tokens in the same order with the same optimiser and schedule as every other row (`common.py`).
+Some rows change the parameter count (a static projection has fewer weights than a memory, a wider
+memory more); the table shows each row's count and its difference from `hope` (the base), so read
+those rows as "this design at its own size", not at equal parameters. Rows that only move width between
+CMS levels keep the count equal.
+
+Table 6 rows: w/o DGD (plain GD inner updates), w/o momentum, w/o weight decay (α ≡ 1), w/o CMS (one
+level as wide as the three), static k, static v, adaptive q.
+Open knobs: memory expansion r (1, 4; base 2), the chunk sizes C_o/C_m (8/32, 32/128; base 16/64), CMS
+levels and periods (2, 4 levels; periods all 1; 1/2/4), the inner learning-rate range (eta_max, eta_init),
+the retention-gate initialisation alpha_init (0.9, 0.99; base 0.999).
+
+    python eval/experiments/ablations.py --list                     # rows with parameter counts
+    python eval/experiments/ablations.py --jobs 8 --max-minutes 9   # rerun the same command to continue
+    python eval/experiments/ablations.py --table                    # table + validation_loss.png
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+STUDY = "ablations"
+BASE = "hope-tiny"
+BASE_WIDTH = 96          # hope-tiny: three CMS levels of width 96 (288 in all)
+DEFAULT_TOKENS = 2_500_000
+
+
+def _levels(widths_and_periods: list[tuple[int, int]]) -> list[dict]:
+    return [{"intermediate_size": w, "update_period": p, "chunk_size": 0, "lr": 0.0} for w, p in widths_and_periods]
+
+
+#: name → (label, HopeConfig overrides of hope-tiny). The first row is the base.
+ROWS: dict[str, tuple[str, dict]] = {
+    "hope": ("Hope (base: hope-tiny)", {}),
+    # Table 6
+    "no-dgd": ("w/o DGD (plain GD)", {"inner_optimizer": "gd"}),
+    "no-momentum": ("w/o momentum", {"inner_momentum": False}),
+    "no-weight-decay": ("w/o weight decay (alpha = 1)", {"inner_weight_decay": False}),
+    "no-cms": ("w/o CMS (one level, width 288)", {"cms_levels": _levels([(3 * BASE_WIDTH, 1)])}),
+    "static-k": ("static k", {"adaptive_k": False}),
+    "static-v": ("static v", {"adaptive_v": False}),
+    "adaptive-q": ("adaptive q", {"adaptive_q": True}),
+    # memory expansion r (h = r d)
+    "expansion-1": ("memory expansion r = 1", {"memory_expansion": 1}),
+    "expansion-4": ("memory expansion r = 4", {"memory_expansion": 4}),
+    # chunk sizes C_o / C_m
+    "chunks-8-32": ("chunks C_o/C_m = 8/32", {"projection_chunk_size": 8, "memory_chunk_size": 32}),
+    "chunks-16-16": ("chunks C_o/C_m = 16/16", {"memory_chunk_size": 16}),
+    "chunks-32-128": ("chunks C_o/C_m = 32/128", {"projection_chunk_size": 32, "memory_chunk_size": 128}),
+    # CMS levels and periods (same total width 288)
+    "cms-2-levels": ("CMS 2 levels (periods 1, 4)", {"cms_levels": _levels([(144, 1), (144, 4)])}),
+    "cms-4-levels": ("CMS 4 levels (periods 1, 4, 16, 64)",
+                     {"cms_levels": _levels([(72, 1), (72, 4), (72, 16), (72, 64)])}),
+    "cms-periods-1-1-1": ("CMS periods 1, 1, 1 (no schedule)", {"cms_levels": _levels([(96, 1)] * 3)}),
+    "cms-periods-1-2-4": ("CMS periods 1, 2, 4", {"cms_levels": _levels([(96, 1), (96, 2), (96, 4)])}),
+    # inner learning rate eta_t = eta_max * sigmoid(.), starting at eta_init
+    "eta-init-0.01": ("eta_init 0.01", {"eta_init": 0.01}),
+    "eta-init-0.1": ("eta_init 0.1", {"eta_init": 0.1}),
+    "eta-max-0.1": ("eta_max 0.1 (eta_init 0.03)", {"eta_max": 0.1}),
+    # retention gate alpha_t at initialisation
+    "alpha-init-0.9": ("alpha_init 0.9", {"alpha_init": 0.9}),
+    "alpha-init-0.99": ("alpha_init 0.99", {"alpha_init": 0.99}),
+}
+
+
+def runs(data: str = "embedded") -> list[common.Run]:
+    """One run per row of `ROWS`, named `<row>@<corpus>`."""
+    tag = common.corpus_tag(data)
+    return [common.Run(name=f"{row}@{tag}", config=BASE, data=data, overrides=overrides, label=label,
+                       tokens=DEFAULT_TOKENS) for row, (label, overrides) in ROWS.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = common.base_parser(__doc__)
+    parser.add_argument("--data", default="embedded", help="'embedded' or the path of a text file / folder")
+    args = parser.parse_args(argv)
+    study_runs = runs(args.data)
+    return common.main(STUDY, f"Hope ablations ({BASE}): validation loss vs training tokens", study_runs,
+                       common.TrainSettings(), args, argv, __file__, baseline=study_runs[0].name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

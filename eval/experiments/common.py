@@ -1,0 +1,817 @@
+"""Shared machinery of the small-scale studies (`lm_comparison.py`, `ablations.py`): data, training, results.
+
+A study is a list of `Run`s (a name and a model configuration). Every run of a study trains on the same
+tokens in the same order with the same optimiser and schedule; only the model differs:
+
+- **data** (`load_corpus`): documents from the embedded corpus (`hope_hf.data.stdlib_documents`) or a local
+  `.txt` / `.md` file or folder (documents separated by blank lines) or `.jsonl` (a `"text"` field); every
+  `HELD_OUT_EVERY`-th document is held out for validation; a byte-level BPE (`hope_hf.data.train_bpe_tokenizer`)
+  trained on the training documents; each split becomes one token stream (EOS after every document) cut
+  into blocks of `block_size`. Cached under `cache/` by a hash of (documents, vocabulary size, version).
+  `datasets` is not needed.
+- **order** (`batch_indices`): step `s` takes the blocks `s·B … s·B+B−1` of the stream of epochs, each epoch
+  a permutation of all training blocks seeded by `(data_seed, epoch)`: a function of the step alone, so it
+  is the same for every model and exactly reproduced on resume.
+- **training** (`train_run`): AdamW (betas 0.9/0.95, weight decay on ≥2-D tensors), linear warm-up then
+  cosine decay to `min_lr_ratio`·lr, gradient clipping at 1.0, the CMS update schedule
+  (`hope_hf.schedule.HopeScheduleCallback`) for Hope models, bf16 autocast on CUDA (float32 on CPU).
+  Validation loss on a fixed subset of held-out blocks every `eval_every_tokens` tokens (the curve), and at
+  the end on every held-out block (`final_eval_blocks` caps it; the JSON says how many were used).
+- **checkpoints**: every `checkpoint_every` steps and when `max_minutes` runs out, the model, optimiser, LR
+  schedule, CMS schedule, RNG states, step and curve go to `checkpoints/<study>/<run>.pt`; the same command
+  resumes from there (bit for bit on CPU). A finished run writes `results/<study>/<run>.json` and is skipped
+  next time unless `--force`.
+- **runner** (`main`): `--only`, `--jobs N` (N runs as parallel subprocesses), `--tokens`, `--device`,
+  `--max-minutes`, `--results-dir`, `--table` (print the markdown table and write the PNG of validation
+  loss against tokens from the JSONs alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RESULTS_DIR = HERE / "results"
+CHECKPOINT_DIR = HERE / "checkpoints"
+CACHE_DIR = HERE / "cache"
+
+#: Bump when tokenisation or splitting changes, so cached token ids are rebuilt.
+CORPUS_VERSION = 1
+#: Every `HELD_OUT_EVERY`-th document (index 0, 20, 40, ...) is held out, as in `hope_hf.data`.
+HELD_OUT_EVERY = 20
+#: Parameter counts of the models compared in one table must agree within this fraction.
+PARAM_TOLERANCE = 0.03
+#: Exit status of a run stopped by its `--max-minutes` budget (checkpoint written, no result yet).
+EXIT_INTERRUPTED = 3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+def corpus_tag(data: str) -> str:
+    """Short name of a corpus in run names: `"embedded"` or the file / folder stem (`rust_books`)."""
+    return "embedded" if data == "embedded" else Path(data).stem
+
+
+def read_documents(data: str) -> list[str]:
+    """Documents of `data`, in a fixed order.
+
+    `"embedded"`: `hope_hf.data.stdlib_documents()`. A `.txt` / `.md` / `.rst` file: blocks separated by
+    one or more blank lines. A `.jsonl` file: the `"text"` field of each line. A folder: those files in
+    sorted path order.
+
+    Raises:
+        ValueError: a missing path, an unsupported suffix, or no non-empty document.
+    """
+    if data == "embedded":
+        from hope_hf.data import stdlib_documents
+
+        return stdlib_documents()
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise ValueError(f"data path {data!r} does not exist (make the books corpus with "
+                         "`python eval/experiments/make_corpus.py`, or pass another file)")
+    suffixes = {".txt", ".md", ".rst", ".text", ".jsonl"}
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes) if path.is_dir() \
+        else [path]
+    docs: list[str] = []
+    for file in files:
+        if file.suffix.lower() not in suffixes:
+            raise ValueError(f"data file {file} has suffix {file.suffix!r}; supported: {sorted(suffixes)}")
+        if file.suffix.lower() == ".jsonl":
+            with open(file, encoding="utf-8") as f:
+                docs += [json.loads(line)["text"] for line in f if line.strip()]
+        else:
+            text = file.read_text(encoding="utf-8", errors="replace")
+            docs += [block.strip() for block in text.replace("\r\n", "\n").split("\n\n")]
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise ValueError(f"data {data!r} holds no non-empty document")
+    return docs
+
+
+def split_documents(docs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`(train, validation)`: every `HELD_OUT_EVERY`-th document (0, 20, ...) is held out."""
+    return ([d for i, d in enumerate(docs) if i % HELD_OUT_EVERY != 0],
+            [d for i, d in enumerate(docs) if i % HELD_OUT_EVERY == 0])
+
+
+@dataclasses.dataclass
+class Corpus:
+    """Token streams of one corpus: `train` and `validation` 1-D int32 tensors, and where they came from."""
+
+    train: torch.Tensor
+    validation: torch.Tensor
+    info: dict[str, Any]
+
+    def blocks(self, split: str, block_size: int) -> torch.Tensor:
+        """[N, block_size] int64: the split's stream cut into consecutive blocks (the tail is dropped)."""
+        stream = self.train if split == "train" else self.validation
+        n = len(stream) // block_size
+        if n == 0:
+            raise ValueError(f"the {split} split of {self.info['data']!r} has {len(stream)} tokens, fewer than "
+                             f"one block of {block_size}")
+        return stream[: n * block_size].view(n, block_size).long()
+
+
+def load_corpus(data: str, vocab_size: int, cache_dir: Path = CACHE_DIR) -> Corpus:
+    """Tokenised corpus, built once and cached as `<cache_dir>/<tag>-v<vocab>-<hash>.pt` (+ `.tokenizer.json`).
+
+    The cache key hashes the documents themselves, the vocabulary size and `CORPUS_VERSION`, so a changed
+    file gets new token ids. Concurrent builders write to a temporary file and rename it (atomic).
+    """
+    docs = read_documents(data)
+    digest = hashlib.sha256()
+    digest.update(f"{CORPUS_VERSION}|{vocab_size}|".encode())
+    for doc in docs:
+        digest.update(doc.encode("utf-8"))
+        digest.update(b"\0")
+    key = digest.hexdigest()[:16]
+    path = Path(cache_dir) / f"{corpus_tag(data)}-v{vocab_size}-{key}.pt"
+    if path.is_file():
+        saved = torch.load(path)
+        return Corpus(saved["train"], saved["validation"], saved["info"])
+    from hope_hf.data import train_bpe_tokenizer
+
+    train_docs, val_docs = split_documents(docs)
+    tokenizer = train_bpe_tokenizer(train_docs, vocab_size=vocab_size)
+    eos = tokenizer.eos_token_id
+
+    def stream(texts: list[str]) -> torch.Tensor:
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return torch.tensor([t for doc in ids for t in (*doc, eos)], dtype=torch.int32)
+
+    file_info = {}
+    if data != "embedded":
+        raw = b"".join(p.read_bytes() for p in sorted(Path(data).rglob("*")) if p.is_file()) \
+            if Path(data).is_dir() else Path(data).read_bytes()
+        file_info = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    train, validation = stream(train_docs), stream(val_docs)
+    info = {"data": data, "tag": corpus_tag(data), "documents": len(docs), "train_documents": len(train_docs),
+            "validation_documents": len(val_docs), "chars": sum(map(len, docs)), "vocab_size": vocab_size,
+            "train_tokens": len(train), "validation_tokens": len(validation), "cache_key": key, **file_info}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"train": train, "validation": validation, "info": info}, tmp)
+    tokenizer.backend_tokenizer.save(str(path.with_suffix(".tokenizer.json")))
+    os.replace(tmp, path)
+    return Corpus(train, validation, info)
+
+
+def batch_indices(step: int, batch_size: int, num_blocks: int, data_seed: int) -> torch.Tensor:
+    """Training-block indices of optimiser step `step` (0-based): [batch_size] int64.
+
+    The stream of epochs, each a permutation of `range(num_blocks)` seeded by `(data_seed, epoch)`; step `s`
+    takes its entries `s·B … s·B+B−1`. Independent of the model and of any RNG state.
+    """
+    start = step * batch_size
+    out = []
+    epoch_cache: dict[int, torch.Tensor] = {}
+    for g in range(start, start + batch_size):
+        epoch, pos = divmod(g, num_blocks)
+        if epoch not in epoch_cache:
+            gen = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch)
+            epoch_cache[epoch] = torch.randperm(num_blocks, generator=gen)
+        out.append(int(epoch_cache[epoch][pos]))
+    return torch.tensor(out, dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runs and their settings
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainSettings:
+    """The outer loop, identical for every run of a study.
+
+    Batches of 64 × 256 tokens: Hope's chunk-wise memory costs about 10⁵ small operations per step whatever
+    the batch (a loop over chunks), so on a GPU its step time is launch-bound and fewer, larger steps are
+    what makes millions of tokens affordable; the Transformer gets the same batches.
+    """
+
+    tokens: int = 5_000_000
+    batch_size: int = 64
+    block_size: int = 256
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_fraction: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    data_seed: int = 0
+    eval_every_tokens: int = 250_000
+    eval_blocks: int = 64
+    final_eval_blocks: int = 0          # 0: every held-out block
+    checkpoint_every: int = 200
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.block_size
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.tokens_per_step)
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, round(self.warmup_fraction * self.steps))
+
+
+@dataclasses.dataclass
+class Run:
+    """One model of a study: `name` (file stem of its result), `config` (a `modeling_configs` name or a
+    config dict with `"model_type"`), `overrides` (fields set on top), `data` (corpus), `group` (runs whose
+    parameter counts must match within `PARAM_TOLERANCE`; `None`: not checked), a free `label`, and
+    `tokens` (its training budget when the command gives no `--tokens`; `None`: the study's default)."""
+
+    name: str
+    config: str | dict
+    data: str = "embedded"
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    group: str | None = None
+    label: str = ""
+    tokens: int | None = None
+
+
+def build_config(run: Run):
+    """The run's `HopeConfig` / `LlamaConfig`: the named or given config with `run.overrides` applied."""
+    from hope_hf.model_configs import CONFIG_CLASSES, load_config
+
+    if isinstance(run.config, str):
+        base = load_config(run.config).to_dict()
+    else:
+        base = copy.deepcopy(run.config)
+    base.update(copy.deepcopy(run.overrides))
+    model_type = base.get("model_type")
+    if model_type not in CONFIG_CLASSES:
+        raise ValueError(f"run {run.name!r}: model_type {model_type!r} is not one of {sorted(CONFIG_CLASSES)}")
+    return CONFIG_CLASSES[model_type].from_dict(base)
+
+
+def build_model(config):
+    import hope_hf  # noqa: F401  (registers the Hope Auto classes)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config)
+
+
+def count_parameters(config) -> int:
+    """Parameters of the model `config` builds (on the meta device: nothing is allocated)."""
+    from hope_hf.baselines import count_parameters as count
+
+    with torch.device("meta"):
+        return count(build_model(config))
+
+
+def check_parameter_match(counts: dict[str, int], tolerance: float = PARAM_TOLERANCE) -> None:
+    """Raise `ValueError` if the largest and smallest of `counts` differ by more than `tolerance` of the smallest."""
+    if not counts:
+        return
+    low, high = min(counts.values()), max(counts.values())
+    if high > low * (1 + tolerance):
+        listing = ", ".join(f"{name} {n:,}" for name, n in sorted(counts.items(), key=lambda kv: kv[1]))
+        raise ValueError(f"parameter counts differ by {100 * (high / low - 1):.1f}% (> {100 * tolerance:.0f}%): "
+                         f"{listing}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+
+def lr_factor(step: int, settings: TrainSettings) -> float:
+    """LR multiplier at optimiser step `step` (0-based): linear warm-up, then cosine to `min_lr_ratio`."""
+    warmup, total = settings.warmup_steps, settings.steps
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
+    """AdamW; weight decay on tensors of ≥ 2 dimensions (matrices, embeddings), none on gains and biases."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                              {"params": other, "weight_decay": 0.0}],
+                             lr=settings.lr, betas=settings.betas, foreach=True)
+
+
+def make_cms_schedule(model: torch.nn.Module):
+    """The CMS update schedule of a Hope model whose levels have periods > 1; `None` otherwise."""
+    levels = getattr(model.config, "cms_levels", None)
+    if not levels or all(level["update_period"] == 1 for level in levels):
+        return None
+    from hope_hf.schedule import HopeScheduleCallback
+
+    return HopeScheduleCallback(model)
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def evaluate(model, blocks: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Mean next-token loss (nats) over every predicted token of `blocks` [N, T]: each block alone."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        ids = blocks[i: i + batch_size].to(device)
+        with autocast(device):
+            logits = model(ids, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                                 ids[:, 1:].reshape(-1), reduction="sum")
+        total += float(loss)
+        count += ids[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu} ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "cpu",
+              results_dir: Path = RESULTS_DIR, checkpoint_dir: Path = CHECKPOINT_DIR, cache_dir: Path = CACHE_DIR,
+              deadline: float | None = None, stop_after_steps: int | None = None, force: bool = False,
+              log: Callable[[str], None] = print) -> dict | None:
+    """Train one run to the end (or until `deadline`, a `time.time()` value, or `stop_after_steps`), resuming
+    from its checkpoint.
+
+    Returns:
+        The result dict (also written to `<results_dir>/<study>/<run.name>.json`), or `None` if the run
+        stopped early (its checkpoint holds the progress; the same call continues it).
+    """
+    result_path = Path(results_dir) / study / f"{run.name}.json"
+    ckpt_path = Path(checkpoint_dir) / study / f"{run.name}.pt"
+    if result_path.is_file() and not force:
+        log(f"[{run.name}] done already ({result_path}); --force retrains")
+        return json.loads(result_path.read_text())
+    if force and ckpt_path.is_file():
+        ckpt_path.unlink()
+    dev = torch.device(device)
+    config = build_config(run)
+    corpus = load_corpus(run.data, config.vocab_size, cache_dir)
+    train_blocks = corpus.blocks("train", settings.block_size)
+    val_blocks = corpus.blocks("validation", settings.block_size)
+    curve_blocks = val_blocks[: settings.eval_blocks]
+    final_blocks = val_blocks if settings.final_eval_blocks <= 0 else val_blocks[: settings.final_eval_blocks]
+
+    torch.manual_seed(settings.seed)
+    model = build_model(config).to(dev)
+    model.train()
+    parameters = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    optimizer = make_optimizer(model, settings)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
+    schedule = make_cms_schedule(model)
+    step, curve, train_losses, elapsed = 0, [], [], 0.0
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)   # RNG states must stay on the CPU
+        if state["settings"] != dataclasses.asdict(settings) or state["run"] != dataclasses.asdict(run):
+            raise ValueError(f"checkpoint {ckpt_path} was made with other settings or another run definition; "
+                             "delete it or pass --force")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if schedule is not None:
+            schedule.load_state_dict(state["cms_schedule"])
+        _set_rng_state(state["rng"])
+        step, curve, train_losses, elapsed = state["step"], state["curve"], state["train_losses"], state["elapsed"]
+        log(f"[{run.name}] resumed at step {step}/{settings.steps}")
+
+    def save_checkpoint() -> None:
+        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(),
+                      "cms_schedule": schedule.state_dict() if schedule is not None else None,
+                      "rng": _rng_state(), "step": step, "curve": curve, "train_losses": train_losses,
+                      "elapsed": elapsed, "settings": dataclasses.asdict(settings), "run": dataclasses.asdict(run)},
+                     ckpt_path)
+
+    eval_every = max(1, settings.eval_every_tokens // settings.tokens_per_step)
+    diverged_at = None
+    started = time.time()
+    base_elapsed = elapsed
+    if step == 0 and not curve:
+        curve.append([0, evaluate(model, curve_blocks, settings.batch_size, dev)])
+    while step < settings.steps:
+        ids = train_blocks[batch_indices(step, settings.batch_size, len(train_blocks), settings.data_seed)].to(dev)
+        with autocast(dev):
+            loss = model(ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        if schedule is not None:
+            schedule.before_optimizer_step(optimizer)
+        optimizer.step()
+        if schedule is not None:
+            schedule.after_optimizer_step(optimizer)
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        train_losses.append([step, float(loss.detach())])
+        if not math.isfinite(train_losses[-1][1]):
+            diverged_at = step
+            log(f"[{run.name}] DIVERGED: training loss {train_losses[-1][1]} at step {step}; recorded as such")
+            break
+        if step % eval_every == 0 or step == settings.steps:
+            curve.append([step * settings.tokens_per_step, evaluate(model, curve_blocks, settings.batch_size, dev)])
+            log(f"[{run.name}] step {step}/{settings.steps} train loss {train_losses[-1][1]:.4f} "
+                f"val loss {curve[-1][1]:.4f} ({time.time() - started:.0f} s)")
+        elapsed = base_elapsed + time.time() - started
+        out_of_time = deadline is not None and time.time() > deadline
+        stop_here = stop_after_steps is not None and step >= stop_after_steps
+        if step < settings.steps and (step % settings.checkpoint_every == 0 or out_of_time or stop_here):
+            save_checkpoint()
+            if out_of_time or stop_here:
+                log(f"[{run.name}] stopped at step {step}/{settings.steps}; checkpoint {ckpt_path} "
+                    "(run the same command to continue)")
+                return None
+    train_seconds = elapsed
+    final_loss = _finite_or_none(evaluate(model, final_blocks, settings.batch_size, dev)) if diverged_at is None else None
+    curve = [[tokens, _finite_or_none(loss)] for tokens, loss in curve]        # strict JSON: no NaN
+    result = {
+        "study": study, "run": run.name, "label": run.label, "group": run.group, "data": corpus.info,
+        "config_name": run.config if isinstance(run.config, str) else None,
+        "config": json.loads(config.to_json_string(use_diff=False)),   # in full: shipped defaults may change
+        "overrides": run.overrides, "model_type": config.model_type, "parameters": parameters,
+        "settings": dataclasses.asdict(settings), "steps": step,
+        "tokens": step * settings.tokens_per_step,
+        "diverged_at_step": diverged_at,
+        "validation": {"loss": final_loss, "perplexity": math.exp(final_loss) if final_loss is not None else None,
+                       "blocks": len(final_blocks),
+                       "tokens": len(final_blocks) * (settings.block_size - 1)},
+        "curve": curve, "train_loss_last100": _mean_finite([l for _, l in train_losses[-100:]]),
+        "train_seconds": train_seconds,
+        "tokens_per_second": step * settings.tokens_per_step / max(train_seconds, 1e-9),
+        "device": device_name(dev), "dtype": "bf16 autocast" if dev.type == "cuda" else "float32",
+        "torch": torch.__version__, "transformers": _transformers_version(), "git_commit": git_commit(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    if ckpt_path.is_file():
+        ckpt_path.unlink()
+    log(f"[{run.name}] done: validation perplexity {result['validation']['perplexity']}, "
+        f"{train_seconds:.0f} s, {result['tokens_per_second']:.0f} tokens/s -> {result_path}")
+    return result
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _mean_finite(values: list[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables and plots from the JSONs
+# ----------------------------------------------------------------------------------------------------------------
+
+def load_results(results_dir: Path, study: str) -> list[dict]:
+    """Every result JSON of `study` under `results_dir`, sorted by run name."""
+    folder = Path(results_dir) / study
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def markdown_table(results: Sequence[dict], order: Sequence[str] | None = None, baseline: str | None = None) -> str:
+    """One row per result: run, label, parameters, tokens, validation loss / perplexity, wall time, tokens/s, device.
+
+    Rows follow `order` (run names) where given, then the rest by name. With `baseline` (a run name that
+    has a result), two more columns give each row's parameter and perplexity change relative to it.
+    """
+    rank = {name: i for i, name in enumerate(order or [])}
+    rows = sorted(results, key=lambda r: (rank.get(r["run"], len(rank)), r["run"]))
+    base = next((r for r in results if r["run"] == baseline), None)
+    extra_head, extra_rule = (" Δ params | Δ ppl |", "---:|---:|") if base else ("", "")
+    lines = [f"| run | what | params |{extra_head} tokens | val loss | val ppl | train time | tokens/s | device |",
+             f"|---|---|---:|{extra_rule}---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        extra = ""
+        if base:
+            ppl, base_ppl = r["validation"]["perplexity"], base["validation"]["perplexity"]
+            change = f"{100 * (ppl / base_ppl - 1):+.1f}%" if ppl is not None and base_ppl is not None else "-"
+            extra = f" {100 * (r['parameters'] / base['parameters'] - 1):+.1f}% | {change} |"
+        lines.append(f"| {r['run']} | {r.get('label', '')} | {r['parameters']:,} |{extra} {r['tokens']:,} | "
+                     f"{_number(r['validation']['loss'], '.4f', r)} | {_number(r['validation']['perplexity'], '.2f', r)} | "
+                     f"{_duration(r['train_seconds'])} | {r['tokens_per_second']:,.0f} | {r['device']} |")
+    return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str, result: dict) -> str:
+    """`value` formatted, or why there is none (a run that diverged)."""
+    if value is None:
+        step = result.get("diverged_at_step")
+        return f"diverged (step {step})" if step is not None else "non-finite"
+    return format(value, spec)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def plot_curves(results: Sequence[dict], path: Path, title: str, group_by: str = "group") -> Path:
+    """PNG of validation loss against training tokens, one panel per value of `group_by`, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(str(r.get(group_by) or "all"), []).append(r)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.5), dpi=110, squeeze=False)
+    for ax, (group, rs) in zip(axes[0], sorted(groups.items())):
+        for r in sorted(rs, key=lambda r: r["run"]):
+            tokens, losses = zip(*r["curve"][1:]) if len(r["curve"]) > 1 else zip(*r["curve"])
+            ppl = _number(r["validation"]["perplexity"], ".1f", r)
+            ax.plot(tokens, losses, label=f"{r['run']} ({r['parameters'] / 1e6:.2f}M, ppl {ppl})")
+        ax.set_title(group)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The runner
+# ----------------------------------------------------------------------------------------------------------------
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """Options every study takes."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs (names as in --list)")
+    parser.add_argument("--list", action="store_true", help="list the runs with their parameter counts and exit")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (subprocesses)")
+    parser.add_argument("--tokens", type=int, default=None, help="training tokens of every run (default per study)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--block-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--eval-every-tokens", type=int, default=None)
+    parser.add_argument("--eval-blocks", type=int, default=None, help="held-out blocks of the curve's evaluations")
+    parser.add_argument("--final-eval-blocks", type=int, default=None,
+                        help="held-out blocks of the final perplexity (0: all)")
+    parser.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    parser.add_argument("--seed", type=int, default=0, help="model initialisation seed")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per run (default: cores / jobs, at least 1)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="wall-time budget of the whole command: running runs checkpoint and stop when it is "
+                             "spent, runs not started yet are left; rerun the same command to continue")
+    parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)   # set for child processes
+    parser.add_argument("--force", action="store_true", help="retrain runs that have a result")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_DIR)
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    parser.add_argument("--table", action="store_true", help="only print the table and write the plot from the JSONs")
+    parser.add_argument("--prepare", action="store_true",
+                        help="only build the token caches of the selected runs' corpora (then carry --cache-dir)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, defaults: TrainSettings) -> TrainSettings:
+    fields = {"tokens": args.tokens, "batch_size": args.batch_size, "block_size": args.block_size, "lr": args.lr,
+              "eval_every_tokens": args.eval_every_tokens, "eval_blocks": args.eval_blocks,
+              "final_eval_blocks": args.final_eval_blocks, "checkpoint_every": args.checkpoint_every,
+              "seed": args.seed}
+    return dataclasses.replace(defaults, **{k: v for k, v in fields.items() if v is not None})
+
+
+def run_settings(run: Run, settings: TrainSettings, args: argparse.Namespace) -> TrainSettings:
+    """`settings` with the run's own token budget, unless the command set `--tokens`."""
+    if args.tokens is None and run.tokens is not None:
+        return dataclasses.replace(settings, tokens=run.tokens)
+    return settings
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def parameter_report(runs: Sequence[Run]) -> dict[str, int]:
+    """Parameter count of every run; checks each `group` matches within `PARAM_TOLERANCE` (raises otherwise)."""
+    counts = {run.name: count_parameters(build_config(run)) for run in runs}
+    groups: dict[str, dict[str, int]] = {}
+    for run in runs:
+        if run.group is not None:
+            groups.setdefault(run.group, {})[run.name] = counts[run.name]
+    for group, members in groups.items():
+        try:
+            check_parameter_match(members)
+        except ValueError as err:
+            raise ValueError(f"group {group!r}: {err}") from None
+    return counts
+
+
+def launch_cost_rank(run: Run) -> tuple[int, int]:
+    """Sort key that starts the slowest runs first (most tokens, then the self-modifying mixer), so the
+    longest run does not start last."""
+    config = build_config(run)
+    slow_mixer = config.model_type == "hope" and getattr(config, "mixer", "") == "self_modifying"
+    return -(run.tokens or 0), 0 if slow_mixer else 1
+
+
+def _child_argv(argv: Sequence[str], name: str, deadline: float | None = None, threads: int | None = None) -> list[str]:
+    """`argv` with `--only` / `--jobs` / `--max-minutes` replaced so that the child trains `name` alone, with
+    the parent's `deadline`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip and not arg.startswith("--"):
+            continue
+        skip = False
+        if arg in ("--only", "--jobs", "--max-minutes", "--deadline", "--threads"):
+            skip = True
+            continue
+        if arg.startswith(("--only=", "--jobs=", "--max-minutes=", "--deadline=", "--threads=")):
+            continue
+        out.append(arg)
+    extra = ["--deadline", repr(deadline)] if deadline is not None else []
+    extra += ["--threads", str(threads)] if threads is not None else []
+    return [*out, "--only", name, "--jobs", "1", *extra]
+
+
+def run_parallel(script: str, argv: Sequence[str], names: Sequence[str], jobs: int, log_dir: Path,
+                 deadline: float | None = None, threads: int | None = None) -> dict[str, int]:
+    """Train `names` as subprocesses of `script`, `jobs` at a time; each logs to `<log_dir>/<name>.log`.
+    After `deadline` no new run starts (those get `EXIT_INTERRUPTED`).
+
+    Returns: the exit status of each run.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, running, status = list(names), {}, {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            if deadline is not None and time.time() > deadline:
+                status[name] = EXIT_INTERRUPTED
+                print(f"{name}: not started, the time budget is spent", flush=True)
+                continue
+            log_file = open(log_dir / f"{name}.log", "a")
+            proc = subprocess.Popen([sys.executable, script, *_child_argv(argv, name, deadline, threads)], stdout=log_file,
+                                    stderr=subprocess.STDOUT, env=os.environ.copy())
+            running[name] = (proc, log_file)
+            print(f"started {name} (log {log_dir / f'{name}.log'})", flush=True)
+        time.sleep(1.0)
+        for name, (proc, log_file) in list(running.items()):
+            if proc.poll() is not None:
+                log_file.close()
+                status[name] = proc.returncode
+                del running[name]
+                word = {0: "finished", EXIT_INTERRUPTED: "stopped by --max-minutes (rerun to continue)"}.get(
+                    proc.returncode, f"FAILED (exit {proc.returncode})")
+                print(f"{name}: {word}", flush=True)
+    return status
+
+
+def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, args: argparse.Namespace,
+         argv: Sequence[str], script: str, group_by: str = "group", baseline: str | None = None) -> int:
+    """Run a study from parsed arguments: `--list`, `--table`, one run in-process, or several (in parallel)."""
+    names = [run.name for run in runs]
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            raise SystemExit(f"unknown run(s) {unknown}; runs of {study}: {names}")
+        runs = [run for run in runs if run.name in args.only]
+    if args.table:
+        results = [r for r in load_results(args.results_dir, study) if r["run"] in {run.name for run in runs}]
+        if not results:
+            print(f"no results of {study} under {args.results_dir / study}")
+            return 1
+        print(markdown_table(results, order=names, baseline=baseline))
+        png = plot_curves(results, Path(args.results_dir) / study / "validation_loss.png", title, group_by)
+        print(f"\nplot: {png}")
+        return 0
+    settings = settings_from_args(args, defaults)
+    counts = parameter_report(runs)
+    if args.list:
+        for run in runs:
+            print(f"{run.name:40s} {counts[run.name]:>12,}  {run.label}")
+        return 0
+    deadline = args.deadline
+    if deadline is None and args.max_minutes is not None:
+        deadline = time.time() + 60 * args.max_minutes
+    device = resolve_device(args.device)
+    jobs = max(1, min(args.jobs, len(runs)))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+    torch.set_num_threads(threads)
+    budgets = sorted({run_settings(run, settings, args).tokens for run in runs})
+    print(f"{study}: {len(runs)} run(s), {' / '.join(f'{t:,}' for t in budgets)} training tokens per run, batches "
+          f"of {settings.batch_size} x {settings.block_size}, device {device}, {jobs} job(s)", flush=True)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if jobs > 1 or args.prepare:
+        for data in sorted({run.data for run in runs}):      # build the token caches once, not in every child
+            for vocab in sorted({build_config(run).vocab_size for run in runs if run.data == data}):
+                info = load_corpus(data, vocab, args.cache_dir).info
+                print(f"corpus {info['tag']}: {info['documents']:,} documents, {info['train_tokens']:,} training / "
+                      f"{info['validation_tokens']:,} validation tokens (vocabulary {vocab}, cache key "
+                      f"{info['cache_key']})", flush=True)
+        if args.prepare:
+            return 0
+        status = run_parallel(script, list(argv), [run.name for run in sorted(runs, key=launch_cost_rank)], jobs,
+                              Path(args.checkpoint_dir) / study / "logs", deadline, threads)
+        failed = {n: s for n, s in status.items() if s not in (0, EXIT_INTERRUPTED)}
+        interrupted = [n for n, s in status.items() if s == EXIT_INTERRUPTED]
+        if failed:
+            print(f"failed runs: {failed}")
+        if interrupted:
+            print(f"stopped early (rerun the same command to continue): {interrupted}")
+        return 1 if failed else (EXIT_INTERRUPTED if interrupted else 0)
+    unfinished = []
+    for run in runs:
+        if deadline is not None and time.time() > deadline and not (args.results_dir / study / f"{run.name}.json").is_file():
+            print(f"[{run.name}] not started, the time budget is spent", flush=True)
+            unfinished.append(run.name)
+            continue
+        result = train_run(run, run_settings(run, settings, args), study, device=device, results_dir=args.results_dir,
+                           checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, deadline=deadline,
+                           force=args.force, log=lambda s: print(s, flush=True))
+        if result is None:
+            unfinished.append(run.name)
+    return EXIT_INTERRUPTED if unfinished else 0
+
+
+__all__ = [
+    "Corpus", "Run", "TrainSettings", "base_parser", "batch_indices", "build_config", "check_parameter_match",
+    "count_parameters", "evaluate", "load_corpus", "load_results", "main", "markdown_table", "parameter_report",
+    "plot_curves", "read_documents", "split_documents", "train_run",
+]

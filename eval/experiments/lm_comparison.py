@@ -1,0 +1,68 @@
+"""Hope against Hope-Attention, Titans and a Transformer (Llama) of the same size: validation perplexity.
+
+The paper's central claim (HOPE.md §7, Table 2) at the scale a CPU or one GPU trains: four families at two
+sizes on two corpora, every model of a (size, corpus) cell trained on the same tokens in the same order with
+the same AdamW, LR schedule and seed (`common.py`), parameter counts matched within 3% (checked before
+training; `--list` prints them).
+
+    families  hope, hope-attention, titans (the Titans ablation config), transformer (Llama)
+    sizes     tiny (~2M: modeling_configs/*-tiny.json), small (~6M: *-small.json)
+    corpora   embedded (Python standard-library docstrings + language reference, built at run time) and
+              the Rust documentation books (`make_corpus.py`; any other English text file works too)
+
+Run names are `<family>-<size>@<corpus>`; results go to `results/lm_comparison/<run>.json`.
+
+    python eval/experiments/make_corpus.py                                   # the second corpus, once
+    python eval/experiments/lm_comparison.py --list
+    python eval/experiments/lm_comparison.py --sizes tiny --jobs 8 --max-minutes 9     # rerun to continue
+    python eval/experiments/lm_comparison.py --table                         # table + validation_loss.png
+
+Default budget: 2.5M training tokens per tiny run, 5M per small run (`--tokens` sets one value for all).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from make_corpus import DEFAULT_OUTPUT as BOOKS_CORPUS  # noqa: E402
+
+STUDY = "lm_comparison"
+FAMILIES = ("hope", "hope-attention", "titans", "transformer")
+FAMILY_LABELS = {"hope": "Hope (self-modifying Titans + CMS)", "hope-attention": "Hope-Attention (softmax + CMS)",
+                 "titans": "Titans ablation (static projections, GD, 1 MLP)", "transformer": "Transformer++ (Llama)"}
+SIZES = ("tiny", "small")
+#: Training tokens of each size (the larger trains on at least 5M tokens, as the issue asks).
+TOKENS = {"tiny": 2_500_000, "small": 5_000_000}
+DEFAULT_CORPORA = ("embedded", str(BOOKS_CORPUS))
+
+
+def runs(sizes=SIZES, corpora=DEFAULT_CORPORA, families=FAMILIES) -> list[common.Run]:
+    """Every (family, size, corpus) run; the group of a run is its (size, corpus) cell."""
+    out = []
+    for size in sizes:
+        for data in corpora:
+            tag = common.corpus_tag(data)
+            for family in families:
+                out.append(common.Run(name=f"{family}-{size}@{tag}", config=f"{family}-{size}", data=data,
+                                      group=f"{size}@{tag}", label=FAMILY_LABELS[family], tokens=TOKENS[size]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = common.base_parser(__doc__)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
+    parser.add_argument("--corpora", nargs="+", default=list(DEFAULT_CORPORA),
+                        help="'embedded' and/or paths of text files / folders (default: embedded and the Rust books)")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    args = parser.parse_args(argv)
+    return common.main(STUDY, "validation loss vs training tokens (same tokens, same order in each panel)",
+                       runs(args.sizes, args.corpora, args.families), common.TrainSettings(), args, argv, __file__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

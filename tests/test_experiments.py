@@ -1,0 +1,212 @@
+"""The small-scale study runner (`eval/experiments/common.py`): exact resume, one token order for every model,
+tables from the result JSONs, the parameter-matching check."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval" / "experiments"))
+
+import common  # noqa: E402
+from conftest import tiny_config_kwargs  # noqa: E402
+
+VOCAB = 300
+WORDS = ("memory", "level", "update", "token", "gradient", "chunk", "state", "model", "layer", "the", "a", "of",
+         "learns", "keeps", "writes", "reads", "every", "step", "fast", "slow")
+
+
+def hope_config(**overrides) -> dict:
+    """A tiny Hope config dict (CMS periods 1 and 4: the schedule is active)."""
+    return {"model_type": "hope", **tiny_config_kwargs(vocab_size=VOCAB, **overrides)}
+
+
+def llama_config() -> dict:
+    return {"model_type": "llama", "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 40,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "bos_token_id": 1,
+            "eos_token_id": 2, "pad_token_id": 0}
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    """80 documents of pseudo-English (blank-line separated), deterministic."""
+    gen = torch.Generator().manual_seed(0)
+    docs = []
+    for _ in range(80):
+        n = int(torch.randint(20, 60, (1,), generator=gen))
+        words = [WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=gen)]
+        docs.append(" ".join(words).capitalize() + ".")
+    path = tmp_path_factory.mktemp("corpus") / "toy.txt"
+    path.write_text("\n\n".join(docs) + "\n")
+    return path
+
+
+@pytest.fixture
+def dirs(tmp_path, corpus_file) -> dict:
+    return {"results_dir": tmp_path / "results", "checkpoint_dir": tmp_path / "ckpt",
+            "cache_dir": corpus_file.parent / "cache"}
+
+
+SETTINGS = common.TrainSettings(tokens=2 * 16 * 8, batch_size=2, block_size=16, lr=3e-3, warmup_fraction=0.25,
+                                eval_every_tokens=2 * 16 * 2, eval_blocks=2, final_eval_blocks=4, checkpoint_every=100)
+
+
+def test_corpus_split_and_cache(corpus_file, dirs):
+    docs = common.read_documents(str(corpus_file))
+    assert len(docs) == 80
+    train, validation = common.split_documents(docs)
+    assert validation == docs[0::20] and len(train) == 76
+    first = common.load_corpus(str(corpus_file), VOCAB, dirs["cache_dir"])
+    again = common.load_corpus(str(corpus_file), VOCAB, dirs["cache_dir"])      # from the cache file
+    assert torch.equal(first.train, again.train) and torch.equal(first.validation, again.validation)
+    assert first.info["train_documents"] == 76 and first.info["validation_documents"] == 4
+    assert int(first.train.max()) < VOCAB and first.info["sha256"] == again.info["sha256"]
+    assert first.blocks("train", 16).shape == (len(first.train) // 16, 16)
+
+
+def test_batch_order_is_a_permutation_per_epoch_and_independent_of_state():
+    num_blocks, batch = 10, 4
+    torch.manual_seed(123)
+    seen = torch.cat([common.batch_indices(step, batch, num_blocks, data_seed=0) for step in range(5)])  # 2 epochs
+    torch.manual_seed(456)                                   # the global RNG plays no part
+    assert torch.equal(seen, torch.cat([common.batch_indices(s, batch, num_blocks, 0) for s in range(5)]))
+    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:20].tolist()) == list(range(10))
+    assert not torch.equal(seen[:10], seen[10:20])           # each epoch its own permutation
+    assert not torch.equal(seen, torch.cat([common.batch_indices(s, batch, num_blocks, 1) for s in range(5)]))
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(corpus_file, dirs, tmp_path):
+    run = common.Run(name="hope", config=hope_config(), data=str(corpus_file))
+    straight = common.train_run(run, SETTINGS, "study", **dirs, log=lambda s: None)
+
+    other = {**dirs, "results_dir": tmp_path / "results2", "checkpoint_dir": tmp_path / "ckpt2"}
+    # stop at step 3: level 1 (period 4) holds buffered gradients in the checkpoint
+    assert common.train_run(run, SETTINGS, "study", **other, stop_after_steps=3, log=lambda s: None) is None
+    ckpt = other["checkpoint_dir"] / "study" / "hope.pt"
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 3 and state["cms_schedule"]["buffers"], "the CMS buffers should be non-empty mid-period"
+    assert not (other["results_dir"] / "study" / "hope.json").exists()
+    resumed = common.train_run(run, SETTINGS, "study", **other, log=lambda s: None)
+
+    assert resumed["validation"]["loss"] == straight["validation"]["loss"]          # bit for bit on CPU
+    assert resumed["curve"] == straight["curve"]
+    assert resumed["train_loss_last100"] == straight["train_loss_last100"]
+    assert not ckpt.exists()                                                         # removed when finished
+    saved = json.loads((other["results_dir"] / "study" / "hope.json").read_text())
+    assert saved["validation"] == resumed["validation"] and saved["steps"] == SETTINGS.steps
+    # a finished run is skipped: the JSON is returned as is
+    assert common.train_run(run, SETTINGS, "study", **other, log=lambda s: None)["finished"] == saved["finished"]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(corpus_file, dirs):
+    run = common.Run(name="hope", config=hope_config(), data=str(corpus_file))
+    common.train_run(run, SETTINGS, "study", **dirs, stop_after_steps=2, log=lambda s: None)
+    with pytest.raises(ValueError, match="other settings"):
+        common.train_run(run, dataclasses.replace(SETTINGS, lr=1e-3), "study", **dirs, log=lambda s: None)
+
+
+def test_every_model_sees_the_same_tokens_in_the_same_order(corpus_file, dirs, monkeypatch):
+    seen: dict[str, list[torch.Tensor]] = {}
+    build = common.build_model
+
+    def recording_build(config):
+        model = build(config)
+        batches = seen.setdefault(config.model_type, [])
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: batches.append(kwargs.get("input_ids", args[0] if args else None).clone())
+            if module.training else None, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(common, "build_model", recording_build)
+    settings = dataclasses.replace(SETTINGS, tokens=2 * 16 * 4)
+    for name, config in (("hope", hope_config()), ("llama", llama_config())):
+        common.train_run(common.Run(name=name, config=config, data=str(corpus_file)), settings, "order", **dirs,
+                         log=lambda s: None)
+    assert len(seen["hope"]) == len(seen["llama"]) == settings.steps
+    for a, b in zip(seen["hope"], seen["llama"]):
+        assert torch.equal(a, b)
+
+
+def test_a_diverged_run_is_recorded_as_such(corpus_file, dirs, monkeypatch):
+    build = common.build_model
+    calls = []
+
+    def diverging_build(config):
+        model = build(config)
+
+        def poison(module, args, kwargs, output):
+            if module.training:
+                calls.append(1)
+                if len(calls) == 3 and output.loss is not None:
+                    output.loss = output.loss * float("nan")
+            return output
+
+        model.register_forward_hook(poison, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(common, "build_model", diverging_build)
+    run = common.Run(name="nan", config=hope_config(), data=str(corpus_file), label="diverges")
+    result = common.train_run(run, SETTINGS, "div", **dirs, log=lambda s: None)
+    assert result["diverged_at_step"] == 3 and result["steps"] == 3 and result["tokens"] == 3 * 32
+    assert result["validation"]["loss"] is None and result["validation"]["perplexity"] is None
+    saved = json.loads((dirs["results_dir"] / "div" / "nan.json").read_text())     # strict JSON: no NaN
+    assert saved["diverged_at_step"] == 3
+    assert "| diverged (step 3) | diverged (step 3) |" in common.markdown_table([saved])
+
+
+def test_parameter_match_check():
+    common.check_parameter_match({"a": 1000, "b": 1030})            # 3.0%: allowed
+    with pytest.raises(ValueError, match="differ by 3.1%"):
+        common.check_parameter_match({"a": 1000, "b": 1031})
+    narrow = common.Run(name="narrow", config=hope_config(), group="g")
+    wide = common.Run(name="wide", config=hope_config(cms_levels=[{"intermediate_size": 200, "update_period": 1}]),
+                      group="g")
+    with pytest.raises(ValueError, match="group 'g'"):
+        common.parameter_report([narrow, wide])
+    counts = common.parameter_report([narrow, dataclasses.replace(wide, group=None)])   # ungrouped: not checked
+    assert counts["wide"] > 1.03 * counts["narrow"]
+
+
+def test_shipped_study_sizes_are_matched():
+    import lm_comparison
+
+    common.parameter_report(lm_comparison.runs(corpora=("embedded",)))   # raises if a cell is off by > 3%
+
+
+def test_table_and_plot_from_the_jsons(corpus_file, dirs, tmp_path):
+    runs = [common.Run(name="hope", config=hope_config(), data=str(corpus_file), label="Hope"),
+            common.Run(name="llama", config=llama_config(), data=str(corpus_file), label="Llama")]
+    results = {run.name: common.train_run(run, SETTINGS, "t", **dirs, log=lambda s: None) for run in runs}
+    loaded = common.load_results(dirs["results_dir"], "t")
+    assert [r["run"] for r in loaded] == ["hope", "llama"]
+    table = common.markdown_table(loaded, order=["llama", "hope"], baseline="hope").splitlines()
+    assert table[0].startswith("| run | what | params | Δ params | Δ ppl |")
+    assert table[2].startswith("| llama | Llama |") and table[3].startswith("| hope | Hope |")
+    assert f"{results['llama']['validation']['perplexity']:.2f}" in table[2]
+    assert f"{results['llama']['parameters']:,}" in table[2] and "| +0.0% | +0.0% |" in table[3]
+    png = common.plot_curves(loaded, tmp_path / "curves.png", "toy")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_child_processes_get_one_run_and_the_parents_budget():
+    argv = ["--jobs", "4", "--only", "a", "b", "--tokens", "100", "--max-minutes", "9", "--threads=8", "--force"]
+    child = common._child_argv(argv, "b", deadline=1234.5, threads=2)
+    assert child == ["--tokens", "100", "--force", "--only", "b", "--jobs", "1", "--deadline", "1234.5",
+                     "--threads", "2"]
+    parsed = common.base_parser("x").parse_args(child)
+    assert parsed.only == ["b"] and parsed.deadline == 1234.5 and parsed.max_minutes is None
+
+
+def test_settings_from_args_and_per_run_budget():
+    args = common.base_parser("x").parse_args(["--lr", "0.01"])
+    settings = common.settings_from_args(args, common.TrainSettings())
+    assert settings.lr == 0.01 and settings.tokens == common.TrainSettings().tokens
+    run = common.Run(name="r", config="hope-tiny", tokens=4096)
+    assert common.run_settings(run, settings, args).tokens == 4096
+    args = common.base_parser("x").parse_args(["--tokens", "8192"])         # --tokens wins over the run's budget
+    assert common.run_settings(run, common.settings_from_args(args, common.TrainSettings()), args).tokens == 8192
