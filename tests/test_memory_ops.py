@@ -191,7 +191,7 @@ def test_inner_gradients_are_the_gradients_of_the_inner_loss():
     so the oracle shares no unchecked algebra with the chunk form."""
     from hope_hf.memory_ops import _anchor_terms, memory_apply
 
-    rule = MemoryRule(HOPE, 4, 8)
+    rule = MemoryRule(HOPE, 4, 8, normalize_inner_step=False)
     inputs, state = make_case(HOPE, b=1, t=1)
     o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs, state.anchor_in, state.anchor_out, rule)
     for m in range(len(HOPE)):
@@ -217,3 +217,42 @@ def test_without_weight_decay(names):
     inputs.static.pop("alpha", None)
     inputs.alpha_weight = inputs.alpha_bias = None
     assert_same(*chunk_memory_update(inputs, state, rule), *naive_memory_update(inputs, state, rule), 1e-10)
+
+
+def test_normalized_inner_step_divides_the_error_by_the_curvature_bound():
+    """With `normalize_inner_step` (the default) the error that drives ∇_A = u kᵀ and ∇_B = e aᵀ is the raw
+    error divided by 1 + ‖a‖² + ‖B⁰ diag(σ'(A⁰k))‖²_F, computed here from the definitions."""
+    from hope_hf.memory_ops import _anchor_terms, silu_derivative
+
+    inputs, state = make_case(HOPE, b=2, t=3)
+    raw = _anchor_terms(inputs, state.anchor_in, state.anchor_out, MemoryRule(HOPE, 4, 8, normalize_inner_step=False))
+    scaled = _anchor_terms(inputs, state.anchor_in, state.anchor_out, MemoryRule(HOPE, 4, 8))
+    k, act, e_raw, u_raw = raw[1], raw[6], raw[7], raw[8]
+    z = k.unsqueeze(2) @ state.anchor_in.transpose(-1, -2)
+    for bi in range(2):
+        for h in range(3):
+            for m in range(len(HOPE)):
+                for t in range(3):
+                    a = act[bi, h, m, t]
+                    jac = state.anchor_out[bi, h, m] * silu_derivative(z[bi, h, m, t])[None, :]     # B⁰ diag(σ')
+                    c = a.square().sum() + jac.square().sum()
+                    torch.testing.assert_close(scaled[7][bi, h, m, t], e_raw[bi, h, m, t] / (1 + c))
+                    torch.testing.assert_close(scaled[8][bi, h, m, t], u_raw[bi, h, m, t] / (1 + c))
+
+
+def test_normalized_inner_step_stays_finite_at_the_largest_rate():
+    """The literal step diverges once η·c > 2(1 + β) (c ≈ 0.35·h): with the normalised step a long sequence at
+    η ≈ eta_max stays finite and bounded, for DGD (Hope) and plain GD (Titans). (With `normalize_inner_step=False`
+    this case overflows: checked when the test was written.)"""
+    for names, delta in ((HOPE, True), (TITANS, False)):
+        inputs, state = make_case(names, b=1, H=2, d=16, h=64, t=200, dtype=torch.float32)
+        inputs.eta_bias = torch.full_like(inputs.eta_bias, 8.0)                      # η = σ(8 + …) ≈ 1
+        if "eta" in inputs.static:
+            inputs.static["eta"] = torch.full_like(inputs.static["eta"], 8.0)
+        g = torch.Generator().manual_seed(1)
+        w_in = torch.randn(2, len(names), 64, 16, generator=g) * 0.25                 # A⁰k of unit scale
+        w_out = torch.randn(2, len(names), 16, 64, generator=g) * 0.3
+        state = MemoryState.initial(w_in, w_out, 1, True)
+        o, end = chunk_memory_update(inputs, state, MemoryRule(names, 4, 8, delta=delta, normalize_inner_step=True))
+        assert torch.isfinite(o).all() and o.abs().max() < 1e3
+        assert end.w_out.abs().max() < 1e3 and end.w_in.abs().max() < 1e3

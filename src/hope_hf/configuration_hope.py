@@ -61,6 +61,13 @@ class HopeConfig(PreTrainedConfig):
         normalize_values: l2-normalise v like k. The paper leaves v unnormalised; with self-generated
             targets `v̂ = M(v)` that diverges at initialisation (v grows, so the targets grow), so the
             default normalises it. `False` gives the literal form.
+        normalize_inner_step: the output-side matrix `B` of every memory takes the normalised step
+            `η_t e_t a_tᵀ / (1 + ‖a_t‖²)` (a = σ(A k), as the delta rule's unit keys do for `A`) instead of
+            the paper's `η_t e_t a_tᵀ`. The inner loss's curvature along `B` is `‖a‖² ≈ 0.35·h` at
+            initialisation, so the literal step diverges once `η_t‖a_t‖² > 2(1 + β)`: with `h = 64` a forward
+            at initialisation turns NaN for `η ≥ 0.3` (Titans-like, GD) or `η ≥ 0.9` (Hope, DGD), and
+            training that raises `η_t` reached NaN in all 4 Titans and 8 of 15 Hope runs on an H100 (`eval/experiments/results/`). `False`
+            gives the literal form.
         eta_max: upper bound of the inner learning rate `η_t = eta_max · sigmoid(·)`.
         eta_init: value of `η_t` at initialisation (sets the gate bias).
         alpha_init: value of the retention gate `α_t` at initialisation (sets the gate bias).
@@ -114,6 +121,7 @@ class HopeConfig(PreTrainedConfig):
     adaptive_rates: bool = True
     inner_weight_decay: bool = True
     normalize_values: bool = True
+    normalize_inner_step: bool = True
     eta_max: float = 1.0
     eta_init: float = 0.03
     alpha_init: float = 0.999
@@ -207,7 +215,7 @@ class HopeConfig(PreTrainedConfig):
                 f"a multiple of projection_chunk_size={self.projection_chunk_size}",
             )
         for field in ("inner_momentum", "adaptive_q", "adaptive_k", "adaptive_v", "adaptive_rates",
-                      "inner_weight_decay", "normalize_values", "attention_bias", "tie_word_embeddings",
+                      "inner_weight_decay", "normalize_values", "normalize_inner_step", "attention_bias", "tie_word_embeddings",
                       "in_context_cms"):
             if not isinstance(getattr(self, field), bool):
                 fail(field, getattr(self, field), "a bool")

@@ -23,6 +23,9 @@ Per token t, with the anchor states A⁰, B⁰ of the chunk (the state at the en
     v̂_t = M(v_t)                                          self-generated target (Eq. 84)
     z = A⁰k, a = σ(z), e = k + B⁰a − v̂                   inner loss ½‖M(k) − v̂‖² (Eq. 86)
     ∇_B = e aᵀ,   ∇_A = u kᵀ with u = (B⁰ᵀe) ⊙ σ'(z)
+    normalised inner step (default, `normalize_inner_step`): e ← e / (1 + c) with c = ‖a‖² + ‖B⁰ diag(σ'(z))‖²_F,
+    a bound of the inner loss's Gauss-Newton curvature along the step (unit k); so ∇_A, ∇_B are divided by
+    1 + c. Literal GD is unstable once η·c > 2(1 + β), and c ≈ 0.35·h at initialisation (h = 64: c ≈ 22).
     DGD (Eq. 56-57, 86-88):  A_t = A_{t−1}(α_t I − η_t k_t k_tᵀ) − η_t ∇_A,   B_t = α_t B_{t−1} − η_t ∇_B
     GD ("w/o DGD"):          A_t = α_t A_{t−1} − η_t ∇_A
     momentum:  S_t = β S_{t−1} − η_t ∇_t, and S_t is added in place of −η_t ∇_t.
@@ -63,6 +66,8 @@ class MemoryRule:
         alpha_min: lower bound of the retention gate.
         normalize_values: l2-normalise v like k (a deviation for stability, see docs/FAITHFULNESS.md).
         weight_decay: use the retention gate α_t; `False` fixes α ≡ 1 (the "w/o weight decay" ablation).
+        normalize_inner_step: divide the gradient steps of A and B by 1 + the curvature bound (NLMS-like);
+            see `HopeConfig.normalize_inner_step`.
     """
 
     names: tuple[str, ...]
@@ -74,6 +79,7 @@ class MemoryRule:
     alpha_min: float = 0.0
     normalize_values: bool = True
     weight_decay: bool = True
+    normalize_inner_step: bool = True
 
     def __post_init__(self):
         if not self.names or self.names[-1] != "mem":
@@ -252,7 +258,8 @@ def _anchor_terms(inputs: MemoryInputs, anchor_in: torch.Tensor, anchor_out: tor
         anchor_in, anchor_out: A⁰ [b, H, M, h, d] and B⁰ [b, H, M, d, h].
     Returns:
         o [b, H, n, d] the read; k [b, H, n, d]; eta, log_alpha, log_beta, write [b, H, n];
-        act a = σ(A⁰k) [b, H, M, n, h]; e [b, H, M, n, d]; u [b, H, M, n, h].
+        act a = σ(A⁰k) [b, H, M, n, h]; e [b, H, M, n, d] the error M(k) − v̂ (divided by the curvature
+        bound 1 + c with `rule.normalize_inner_step`); u = (B⁰ᵀe) ⊙ σ'(z) [b, H, M, n, h].
     """
     p = rule.num_projection_memories
     outs = memory_apply(inputs.x.unsqueeze(2), anchor_in[:, :, :p], anchor_out[:, :, :p])
@@ -263,7 +270,14 @@ def _anchor_terms(inputs: MemoryInputs, anchor_in: torch.Tensor, anchor_out: tor
     act = F.silu(z)
     v_hat = memory_apply(v.unsqueeze(2), anchor_in, anchor_out)
     e = k.unsqueeze(2) + act @ anchor_out.transpose(-1, -2) - v_hat
-    u = (e @ anchor_out) * silu_derivative(z)
+    slope = silu_derivative(z)
+    if rule.normalize_inner_step:
+        # Gauss-Newton curvature bound of the inner loss per token: ‖a‖² (along B) + ‖B⁰ diag(σ'(z))‖²_F (along A,
+        # unit k); dividing the error by 1 + it keeps the step along e below η (both ∇_B and ∇_A are linear in e)
+        column_norms = anchor_out.square().sum(-2).unsqueeze(-2)                 # Σ_i B⁰_ij²   [b, H, M, 1, h]
+        curvature = act.square().sum(-1, keepdim=True) + (slope.square() * column_norms).sum(-1, keepdim=True)
+        e = e / (1 + curvature)
+    u = (e @ anchor_out) * slope
     return o, k, eta, log_alpha, log_beta, write, act, e, u
 
 

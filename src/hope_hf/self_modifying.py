@@ -114,6 +114,7 @@ class SelfModifyingTitans(nn.Module):
             alpha_min=config.alpha_min,
             normalize_values=config.normalize_values,
             weight_decay=config.inner_weight_decay,
+            normalize_inner_step=config.normalize_inner_step,
         )
         self.conv = nn.Conv1d(D, D, kernel_size=config.conv_window, groups=D, bias=False)
         if not config.adaptive_q:
