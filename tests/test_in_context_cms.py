@@ -126,23 +126,96 @@ def test_off_by_default_and_switches():
         HopeConfig(**tiny_config_kwargs(in_context_cms=1, cms_levels=levels()))
 
 
-def test_refuses_training_mode_padding_and_embeddings():
+def test_refuses_embeddings_other_positions_and_checkpointing():
     model = build()
     x = ids()
-    with pytest.raises(ValueError, match="eval mode"):
-        model.train()(x)
-    model.eval()
-    mask = torch.ones_like(x)
-    mask[0, :3] = 0
-    with pytest.raises(ValueError, match="padding"):
-        model(x, attention_mask=mask)
     with pytest.raises(ValueError, match="input_ids"):
         model(inputs_embeds=model.get_input_embeddings()(x))
+    with pytest.raises(ValueError, match="position_ids"):
+        model(x, position_ids=torch.arange(1, 23).expand(2, 22))
     with torch.no_grad():
         assert torch.equal(model(x, attention_mask=torch.ones_like(x)).logits, model(x).logits)
+        assert torch.equal(model(x, position_ids=torch.arange(22).expand(2, 22)).logits, model(x).logits)
         cache = model(x[:, :6]).past_key_values                 # ends inside a chunk of 4
     with pytest.raises(ValueError, match="inside an in-context segment"):
         model(x[:, 6:], past_key_values=cache, in_context_cms=False)
+    model.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        model.train()(x)
+
+
+def padded(rows: list[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths as one batch [B, L_max] padded with 0 on `side`, and its mask."""
+    width = max(len(r) for r in rows)
+    x, mask = torch.zeros(len(rows), width, dtype=torch.long), torch.zeros(len(rows), width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        x[b, cols], mask[b, cols] = r, 1
+    return x, mask
+
+
+def fast_weights(cache: HopeCache, row: int) -> list[torch.Tensor]:
+    return [t[row] for layer in cache.layers for key in ("delta", "grad") for entry in layer.cms[key]
+            if entry is not None for t in entry]
+
+
+@pytest.mark.parametrize("mixer", list(MIXERS))
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_each_row_alone(mixer, side, single_thread):
+    """Rows of 13, 7 and 10 tokens padded into one batch, then 6 more tokens each (the rows now at different
+    positions): every row's logits, fast weights and summed gradients are those it gets alone. Levels of
+    chunk 4 and 6, so the rows' steps fall at different columns."""
+    model = build(mixer, cms_levels=levels(c0=4, c1=6))
+    rows = [ids(batch=1, length=n, seed=n)[0] for n in (13, 7, 10)]
+    more = ids(batch=3, length=6, seed=99)
+    x, mask = padded(rows, side)
+    with torch.no_grad():
+        first = model(x, attention_mask=mask)
+        cache = first.past_key_values
+        second = model(more, past_key_values=cache).logits
+        for b, r in enumerate(rows):
+            alone = model(r[None])
+            real = mask[b].bool()
+            assert (first.logits[b, real] - alone.logits[0]).abs().max() < 1e-5, b
+            alone_second = model(more[b:b + 1], past_key_values=alone.past_key_values).logits
+            assert (second[b] - alone_second[0]).abs().max() < 1e-5, b
+            for got, want in zip(fast_weights(cache, b), fast_weights(alone.past_key_values, 0), strict=True):
+                assert (got - want).abs().max() < 1e-5, b
+    assert all(t.abs().max() > 0 for t in fast_weights(cache, 1)[:6])                  # the fast weights did step
+
+
+@pytest.mark.parametrize("mixer", list(MIXERS))
+def test_padded_generate_equals_each_row_alone(mixer, single_thread):
+    """Greedy `generate` on a left-padded batch with in-context CMS: each row's tokens and scores are its own."""
+    model = build(mixer)
+    rows = [ids(batch=1, length=n, seed=n)[0] for n in (9, 5, 7)]
+    x, mask = padded(rows, "left")
+    settings = dict(max_new_tokens=7, do_sample=False, pad_token_id=0, output_scores=True,
+                    return_dict_in_generate=True)
+    with torch.no_grad():
+        batch = model.generate(x, attention_mask=mask, **settings)
+        for b, r in enumerate(rows):
+            alone = model.generate(r[None], **settings)
+            assert torch.equal(batch.sequences[b, x.shape[1]:], alone.sequences[0, len(r):]), b
+            for got, want in zip(batch.scores, alone.scores, strict=True):
+                assert (got[b] - want[0]).abs().max() < 1e-4, b
+
+
+def test_training_forward_trains_first_order():
+    """Training mode with in-context CMS on: the loss reaches every parameter with finite gradients, the fast
+    weights in the cache carry no graph, and with lr 0 the gradients are those of the plain forward."""
+    model = build().train()
+    x = ids()
+    out = model(x, labels=x)
+    out.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads.values())
+    assert all(g.abs().max() > 0 for n, g in grads.items() if ".cms.levels." in n)
+    assert not any(t.requires_grad for t in deltas(out.past_key_values))
+    still = build(cms_levels=levels(lr0=0.0, lr1=0.0)).train()
+    on = torch.autograd.grad(still(x, labels=x).loss, list(still.parameters()))
+    off = torch.autograd.grad(still(x, labels=x, in_context_cms=False).loss, list(still.parameters()))
+    assert all((a - b).abs().max() < 1e-6 for a, b in zip(on, off, strict=True))
 
 
 def test_generate_with_in_context_cms_equals_the_online_forward():

@@ -84,7 +84,7 @@ def cache_to_tensors(cache: HopeCache) -> dict[str, torch.Tensor]:
     if cache.attention_mask is not None:
         named["attention_mask"] = cache.attention_mask
     if cache.segment_ids is not None:
-        named["segment_ids"] = cache.segment_ids
+        named["segment_ids"], named["segment_mask"] = cache.segment_ids, cache.segment_mask
         for i, state in enumerate(cache.segment_start):
             named.update(_layer_state_tensors(f"segment_start.{i}", state))
     return {k: v.detach().cpu().contiguous().clone() for k, v in named.items()}    # no shared storage
@@ -107,7 +107,7 @@ def cache_from_tensors(config, tensors: dict[str, torch.Tensor], seen_tokens: in
     cache.seen_tokens = seen_tokens
     cache.attention_mask = tensors.get("attention_mask")
     if "segment_ids" in tensors:
-        cache.segment_ids = tensors["segment_ids"]
+        cache.segment_ids, cache.segment_mask = tensors["segment_ids"], tensors["segment_mask"]
         cache.segment_start = [_layer_state_from(f"segment_start.{i}", tensors, self_modifying)
                                for i in range(config.num_hidden_layers)]
     return cache
