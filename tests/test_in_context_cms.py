@@ -51,32 +51,48 @@ def test_pieces_and_token_by_token_equal_one_online_forward(mixer):
 
 
 def test_equals_a_plain_reference_loop():
-    """The driver against the rule written out with the plain (in-context off) forward, one level of chunk 4:
-    per complete chunk, ΔW ← ΔW − lr ∂/∂ΔW Σ_pairs CE, the chunk run from the detached state at its start."""
-    model = build(cms_levels=levels(c1=0, lr1=0.0)[:1] + [{"intermediate_size": 19, "update_period": 4}])
-    x = ids(length=14)
+    """The driver against the rule written out with the plain (in-context off) forward, two levels of chunk 4 and 6
+    (lr 0.5, 0.3): the stream is cut into segments at every step of either level (positions 4, 6, 8, 12, 16, 18,
+    20); each segment runs from the detached state at its start with ΔW as leaves; its loss Σ CE over the
+    next-token pairs inside it is added to both levels' summed gradients; a level due at the segment's end steps
+    ΔW ← ΔW − lr · summed and restarts its sum. So level 1 does not count the pairs (4, 5), (8, 9), (16, 17) that
+    straddle a step of level 0 alone, nor level 0 the pairs (6, 7), (18, 19): the documented definition."""
+    model = build(cms_levels=levels(c0=4, c1=6))
+    x = ids(length=21)
     with torch.no_grad():
         online = model(x)
     cache = HopeCache(model.config)
     model._init_fast_weights(cache, 2, x.device)
-    logits = []
-    for start in range(0, 14, 4):
-        chunk = x[:, start:start + 4]
+    logits, start = [], 0
+    for end in (4, 6, 8, 12, 16, 18, 20, 21):
+        segment = x[:, start:end]
         leaves = []
         for layer in cache.layers:
-            layer.cms["delta"][0] = tuple(d.detach().requires_grad_(True) for d in layer.cms["delta"][0])
-            leaves += layer.cms["delta"][0]
-        out = model(chunk, past_key_values=cache, in_context_cms=False).logits
+            for j in (0, 1):
+                layer.cms["delta"][j] = tuple(d.detach().requires_grad_(True) for d in layer.cms["delta"][j])
+                leaves += layer.cms["delta"][j]
+        out = model(segment, past_key_values=cache, in_context_cms=False).logits
         logits.append(out.detach())
-        loss = F.cross_entropy(out[:, :-1].flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
-        if chunk.shape[1] < 4:                               # the last chunk is not complete: no step yet
+        cache.detach()
+        if end == 21:                                        # the last segment is not complete: no step yet
             break
+        loss = F.cross_entropy(out[:, :-1].flatten(0, 1), segment[:, 1:].flatten(), reduction="sum")
         grads = iter(torch.autograd.grad(loss, leaves))
         for layer in cache.layers:
-            layer.cms["delta"][0] = tuple((d - 0.5 * next(grads)).detach() for d in layer.cms["delta"][0])
-        cache.detach()
+            for j, (chunk, lr) in enumerate(((4, 0.5), (6, 0.3))):
+                summed = tuple(g + next(grads) for g in layer.cms["grad"][j])
+                delta = layer.cms["delta"][j]
+                if end % chunk == 0:
+                    delta, summed = tuple(d - lr * g for d, g in zip(delta, summed)), tuple(0 * g for g in summed)
+                layer.cms["delta"][j] = tuple(d.detach() for d in delta)
+                layer.cms["grad"][j] = tuple(g.detach() for g in summed)
+        start = end
     assert (torch.cat(logits, 1) - online.logits).abs().max() < 1e-5
     for a, b in zip(deltas(online.past_key_values), deltas(cache), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    grads = [t for c in (online.past_key_values, cache) for layer in c.layers for e in layer.cms["grad"]
+             if e is not None for t in e]
+    for a, b in zip(grads[:len(grads) // 2], grads[len(grads) // 2:], strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
 
