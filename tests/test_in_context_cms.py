@@ -51,12 +51,14 @@ def test_pieces_and_token_by_token_equal_one_online_forward(mixer):
 
 
 def test_equals_a_plain_reference_loop():
-    """The driver against the rule written out with the plain (in-context off) forward, two levels of chunk 4 and 6
-    (lr 0.5, 0.3): the stream is cut into segments at every step of either level (positions 4, 6, 8, 12, 16, 18,
-    20); each segment runs from the detached state at its start with ΔW as leaves; its loss Σ CE over the
-    next-token pairs inside it is added to both levels' summed gradients; a level due at the segment's end steps
-    ΔW ← ΔW − lr · summed and restarts its sum. So level 1 does not count the pairs (4, 5), (8, 9), (16, 17) that
-    straddle a step of level 0 alone, nor level 0 the pairs (6, 7), (18, 19): the documented definition."""
+    """The driver against the rule written out with the plain (in-context off) forward and the whole stream known,
+    two levels of chunk 4 and 6 (lr 0.5, 0.3): the stream is cut into segments at every step of either level
+    (positions 4, 6, 8, 12, 16, 18, 20); each segment runs from the detached state at its start with ΔW as leaves.
+    Level j's loss of a segment is Σ CE over the next-token pairs inside it, plus the pair (last token, next
+    token) when j does not step at the segment's end, so that pair, which straddles the other level's step, counts
+    for j as it should (level 1: (4, 5), (8, 9), (16, 17); level 0: (6, 7), (18, 19)). The gradient is added to
+    j's sum; a level due at the segment's end steps ΔW ← ΔW − lr · sum and restarts its sum."""
+    chunks, lrs = (4, 6), (0.5, 0.3)
     model = build(cms_levels=levels(c0=4, c1=6))
     x = ids(length=21)
     with torch.no_grad():
@@ -66,34 +68,36 @@ def test_equals_a_plain_reference_loop():
     logits, start = [], 0
     for end in (4, 6, 8, 12, 16, 18, 20, 21):
         segment = x[:, start:end]
-        leaves = []
+        leaves = {0: [], 1: []}
         for layer in cache.layers:
             for j in (0, 1):
                 layer.cms["delta"][j] = tuple(d.detach().requires_grad_(True) for d in layer.cms["delta"][j])
-                leaves += layer.cms["delta"][j]
+                leaves[j] += layer.cms["delta"][j]
         out = model(segment, past_key_values=cache, in_context_cms=False).logits
         logits.append(out.detach())
         cache.detach()
         if end == 21:                                        # the last segment is not complete: no step yet
             break
-        loss = F.cross_entropy(out[:, :-1].flatten(0, 1), segment[:, 1:].flatten(), reduction="sum")
-        grads = iter(torch.autograd.grad(loss, leaves))
-        for layer in cache.layers:
-            for j, (chunk, lr) in enumerate(((4, 0.5), (6, 0.3))):
+        within = F.cross_entropy(out[:, :-1].flatten(0, 1), segment[:, 1:].flatten(), reduction="sum")
+        straddle = F.cross_entropy(out[:, -1], x[:, end], reduction="sum")
+        for j in (0, 1):
+            loss = within if end % chunks[j] == 0 else within + straddle
+            grads = iter(torch.autograd.grad(loss, leaves[j], retain_graph=True))
+            for layer in cache.layers:
                 summed = tuple(g + next(grads) for g in layer.cms["grad"][j])
                 delta = layer.cms["delta"][j]
-                if end % chunk == 0:
-                    delta, summed = tuple(d - lr * g for d, g in zip(delta, summed)), tuple(0 * g for g in summed)
+                if end % chunks[j] == 0:
+                    delta = tuple(d - lrs[j] * g for d, g in zip(delta, summed))
+                    summed = tuple(0 * g for g in summed)
                 layer.cms["delta"][j] = tuple(d.detach() for d in delta)
                 layer.cms["grad"][j] = tuple(g.detach() for g in summed)
         start = end
     assert (torch.cat(logits, 1) - online.logits).abs().max() < 1e-5
-    for a, b in zip(deltas(online.past_key_values), deltas(cache), strict=True):
-        assert torch.allclose(a, b, atol=1e-6)
-    grads = [t for c in (online.past_key_values, cache) for layer in c.layers for e in layer.cms["grad"]
-             if e is not None for t in e]
-    for a, b in zip(grads[:len(grads) // 2], grads[len(grads) // 2:], strict=True):
-        assert torch.allclose(a, b, atol=1e-6)
+    for key in ("delta", "grad"):
+        got, want = ([t for layer in c.layers for e in layer.cms[key] if e is not None for t in e]
+                     for c in (online.past_key_values, cache))
+        for a, b in zip(got, want, strict=True):
+            assert torch.allclose(a, b, atol=1e-6), key
 
 
 def test_levels_change_only_at_multiples_of_their_chunk_and_lr_zero_never():
@@ -155,6 +159,11 @@ def test_refuses_embeddings_other_positions_and_checkpointing():
         cache = model(x[:, :6]).past_key_values                 # ends inside a chunk of 4
     with pytest.raises(ValueError, match="inside an in-context segment"):
         model(x[:, 6:], past_key_values=cache, in_context_cms=False)
+    with torch.no_grad():                           # at a step of level 0 only: the pending pair is dropped
+        cache = model(x[:, :4]).past_key_values
+        assert bool(cache.pending_segment_rows(2, x.device).all())
+        model(x[:, 4:], past_key_values=cache, in_context_cms=False)
+        assert cache.segment_ids is None and cache.seen_tokens == 22
     model.gradient_checkpointing_enable()
     with pytest.raises(ValueError, match="gradient checkpointing"):
         model.train()(x)

@@ -331,11 +331,15 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             logits = slice_logits_to_keep(logits, logits_to_keep)
         else:
             if isinstance(past_key_values, HopeCache) and past_key_values.segment_ids is not None:
-                raise ValueError(
-                    f"in_context_cms=False on a cache inside an in-context segment ({past_key_values.segment_ids.shape[1]}"
-                    " tokens since the last in-context step): its tokens would be missing when the segment completes; "
-                    "continue with in_context_cms=True up to the next step boundary first"
-                )
+                rows = past_key_values.segment_ids.shape[0]
+                if bool(past_key_values.open_segment_rows(rows, past_key_values.segment_ids.device).any()):
+                    raise ValueError(
+                        "in_context_cms=False on a cache inside an in-context segment (some row has tokens since its "
+                        "last in-context step): they would be missing when the segment completes; continue with "
+                        "in_context_cms=True up to the next step boundary first"
+                    )
+                # at a step: the pending last pairs would take their targets from tokens not learned from; dropped
+                past_key_values.resolve_pending(torch.ones(rows, dtype=torch.bool, device=past_key_values.segment_ids.device))
             outputs = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -361,16 +365,17 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     #   token whose 1-based position is a multiple of its `chunk_size` c_ℓ. Padding counts for nothing, so the
     #   rows of a padded batch step at different columns, each where it would step alone. A row's real tokens
     #   between two consecutive steps of any in-context level form a *segment*; ΔW_b is constant inside it.
-    # - The loss of a segment is the summed cross-entropy of its next-token pairs (t, t') of consecutive real
-    #   tokens, both in the segment; row b's ΔW_b only sees row b's loss. Level ℓ steps on the sum of the
-    #   segment gradients of its chunk: with one in-context level (or levels that always step together) that
-    #   is exactly its chunk's loss; with several, a slower level does not count the pair that straddles a
-    #   faster level's step (its target arrives after that segment's gradient is taken).
+    # - Level ℓ's chunk loss is the summed cross-entropy of the pairs (t, t') of consecutive real tokens both in
+    #   the chunk; row b's ΔW_b only sees row b's loss. A pair's gradient is taken through the computation of
+    #   the segment of t, from the detached state at that segment's start, and added to ℓ's summed gradient;
+    #   ℓ steps on the sum (first order). A pair inside a segment counts for every level; the pair (last token
+    #   of a segment, next token) counts for the levels that do not step there: its target arrives after the
+    #   segment closed, so the segment stays *pending* (its tokens, start state and ΔW kept) until it does.
     # - A call runs as the plain forward does (same outputs, same cache) with the current ΔW, cut at the
-    #   columns where some row steps. Each row's open segment (ids, mask, detached start state) is kept in
-    #   the cache; when it completes, it is re-run from its start with the row's ΔW as leaves, to take the
-    #   gradient through the segment's own computation. So the result does not depend on how a stream is
-    #   split into calls or padded, and token-by-token decoding equals one forward.
+    #   columns where some row steps. Each row's open segment is kept in the cache; when it completes, it is
+    #   re-run from its start with the row's ΔW as leaves for the gradient (and a pending one once more, for its
+    #   last pair). So the result does not depend on how a stream is split into calls or padded, and
+    #   token-by-token decoding equals one forward.
     # - First order: ΔW enters every forward as a constant and the step is not differentiated. In training
     #   mode the outputs carry the usual graph into the parameters, so the outer loop can train with it on.
 
@@ -407,6 +412,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             if end == start:                                                                # T = 0
                 continue
             ids, piece_mask = input_ids[:, start:end], None if mask is None else mask[:, start:end]
+            self._resolve_pending(cache, ids, piece_mask)
             cache.extend_segments(ids, piece_mask, lambda: self._current_states(cache, B, input_ids.device))
             hidden = self.model(input_ids=ids, attention_mask=piece_mask, past_key_values=cache, use_cache=True,
                                 return_dict=True).last_hidden_state
@@ -467,42 +473,91 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
                 continue
             zeros = [block.cms.levels[j].zero_delta(batch_size, device, dtype) if j in self.config.in_context_levels
                      else None for j in range(len(block.cms.levels))]
-            layer.cms = {"delta": zeros, "grad": [None if z is None else tuple(t.clone() for t in z) for z in zeros]}
+            layer.cms = {key: [None if z is None else tuple(t.clone() for t in z) for z in zeros]
+                         for key in ("delta", "grad", "pending_delta")}
 
     def _step_rows(self, cache: HopeCache, rows: torch.Tensor, positions: torch.Tensor) -> None:
-        """Rows [B] (bool) whose segment just completed, at real positions `positions` [B]: re-run each one's
-        segment from its start with its ΔW as leaves, add the gradient to every in-context level, and step the
-        levels due at the row's position (`ΔW ← ΔW − lr · summed gradient`, then the sum restarts at 0)."""
+        """Rows [B] (bool) whose open segment just completed, at real positions `positions` [B]: re-run each one's
+        segment from its start with its ΔW as leaves, add the gradient of its loss to every in-context level,
+        and step the levels due at the row's position (`ΔW ← ΔW − lr · summed gradient`, the sum restarts at 0).
+        A row where some level is not due keeps the segment as its pending segment, with the ΔW it ran with."""
         index = rows.nonzero().flatten()
-        start = cache.segment_start_cache(self.config, index)
-        ids, mask = cache.segment_ids[index], cache.segment_mask[index]
         levels = self.config.in_context_levels
+        grads = self._segment_gradients(cache, index, pending=False, loss_fn=segment_loss)
+        due = {j: rows & (positions % self.config.cms_levels[j]["chunk_size"] == 0) for j in levels}
+        self._add_gradients(cache, index, grads, {j: rows for j in levels})
+        pending = rows & ~torch.stack([due[j] for j in levels]).all(dim=0)
+        if bool(pending.any()):
+            flags = torch.zeros(rows.shape[0], len(self.config.cms_levels), dtype=torch.bool, device=rows.device)
+            for j in levels:
+                flags[:, j] = ~due[j]
+            old = cache.pending_levels if cache.pending_levels is not None else flags
+            cache.pending_levels = pick_rows(pending, flags, old)
+        for layer in cache.layers:
+            for j in levels:
+                delta, summed = layer.cms["delta"][j], layer.cms["grad"][j]
+                layer.cms["pending_delta"][j] = tuple(pick_rows(pending, d, p) for d, p in
+                                                      zip(delta, layer.cms["pending_delta"][j], strict=True))
+                stepped = in_context_step(delta, summed, self.config.cms_levels[j]["lr"])
+                layer.cms["delta"][j] = tuple(pick_rows(due[j], new, old) for new, old in
+                                              zip(stepped, delta, strict=True))
+                layer.cms["grad"][j] = tuple(pick_rows(due[j], torch.zeros_like(g), g) for g in summed)
+        cache.close_segments(rows, pending)
+
+    def _resolve_pending(self, cache: HopeCache, ids: torch.LongTensor, mask: torch.Tensor | None) -> None:
+        """Before the call's columns `ids` [B, T] (`mask` [B, T]): for every row with a pending segment and a real
+        token here, add the gradient of the pair (the segment's last token, this first real token) to the levels
+        that still count it (`pending_levels`), through the segment re-run with the ΔW it ran with."""
+        real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+        rows = cache.pending_segment_rows(ids.shape[0], ids.device) & real.any(dim=1)
+        if not bool(rows.any()):
+            return
+        index = rows.nonzero().flatten()
+        targets = ids[index].gather(1, real[index].long().argmax(dim=1, keepdim=True)).squeeze(1)   # first real
+
+        def last_pair_loss(logits, segment_ids, segment_mask):
+            last = segment_mask.shape[1] - 1 - segment_mask.flip(1).argmax(dim=1)         # last real column
+            return nn.functional.cross_entropy(logits[torch.arange(len(last)), last].float(), targets, reduction="sum")
+
+        grads = self._segment_gradients(cache, index, pending=True, loss_fn=last_pair_loss)
+        self._add_gradients(cache, index, grads, {j: rows & cache.pending_levels[:, j]
+                                                  for j in self.config.in_context_levels})
+        cache.resolve_pending(rows)
+
+    def _segment_gradients(self, cache: HopeCache, index: torch.Tensor, pending: bool, loss_fn) -> list:
+        """Re-run the open (or pending) segment of rows `index` [S] from its start, with the ΔW it runs with as
+        leaves; returns per layer a dict {level: (g_gate, g_up, g_down)} of ∂ loss_fn(logits, ids, mask)/∂ΔW."""
+        start = cache.segment_start_cache(self.config, index, pending)
+        ids = cache.segment_ids[index]
+        mask = (cache.segment_mask[index] == (cache.PENDING if pending else cache.OPEN)).long()
+        levels, key = self.config.in_context_levels, "pending_delta" if pending else "delta"
         leaves = []
         for layer, target in zip(cache.layers, start.layers, strict=True):
             delta = [None] * len(self.config.cms_levels)
             for j in levels:
-                delta[j] = tuple(d[index].detach().requires_grad_(True) for d in layer.cms["delta"][j])
+                delta[j] = tuple(d[index].detach().requires_grad_(True) for d in layer.cms[key][j])
                 leaves += delta[j]
             target.cms = {"delta": delta}
         with torch.enable_grad():
             hidden = self.model(input_ids=ids, attention_mask=mask, past_key_values=start, use_cache=True,
                                 return_dict=True).last_hidden_state
-            loss = segment_loss(self.lm_head(hidden), ids, mask)
+            loss = loss_fn(self.lm_head(hidden), ids, mask)
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         grads = iter(torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads, strict=True))
-        for layer in cache.layers:
-            for j in levels:
+        return [{j: tuple(next(grads) for _ in range(3)) for j in levels} for _ in cache.layers]
+
+    @staticmethod
+    def _add_gradients(cache: HopeCache, index: torch.Tensor, grads: list, rows_of_level: dict) -> None:
+        """Add the gradients of rows `index` [S] (`_segment_gradients`) to the summed gradients of each level j,
+        for the rows `rows_of_level[j]` [B] bool only."""
+        for layer, layer_grads in zip(cache.layers, grads, strict=True):
+            for j, level_grads in layer_grads.items():
                 summed = []
-                for acc in layer.cms["grad"][j]:
-                    g = torch.zeros_like(acc)
-                    g[index] = next(grads).to(acc.dtype)
-                    summed.append((acc + g).detach())
-                due = rows & (positions % self.config.cms_levels[j]["chunk_size"] == 0)
-                stepped = in_context_step(layer.cms["delta"][j], summed, self.config.cms_levels[j]["lr"])
-                layer.cms["delta"][j] = tuple(pick_rows(due, new, old) for new, old in
-                                              zip(stepped, layer.cms["delta"][j], strict=True))
-                layer.cms["grad"][j] = tuple(pick_rows(due, torch.zeros_like(g), g) for g in summed)
-        cache.close_segments(rows)
+                for acc, g in zip(layer.cms["grad"][j], level_grads, strict=True):
+                    full = torch.zeros_like(acc)
+                    full[index] = g.to(acc.dtype)
+                    summed.append((acc + full * rows_of_level[j].view(-1, 1, 1).to(acc.dtype)).detach())
+                layer.cms["grad"][j] = tuple(summed)
 
     @torch.no_grad()
     def consolidate_cms(self, cache: HopeCache, level: int, row: int | None = None) -> None:
@@ -520,8 +575,11 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             delta = layer.cms["delta"][level]
             if row is not None and not 0 <= row < delta[0].shape[0]:
                 raise ValueError(f"row must be in [0, {delta[0].shape[0]}), got {row!r}")
-            consolidate_level(block.cms.levels[level], delta, row)
+            folded = consolidate_level(block.cms.levels[level], delta, row)
             layer.cms["delta"][level] = tuple(torch.zeros_like(d) for d in delta)
+            # a pending segment re-runs with W + ΔW_pending: keep that sum for the new W
+            layer.cms["pending_delta"][level] = tuple(p - f for p, f in zip(layer.cms["pending_delta"][level], folded,
+                                                                            strict=True))
 
 
 __all__ = ["HopeBlock", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel"]
