@@ -16,6 +16,7 @@ shows, nothing more. Prints a markdown table and writes a PNG.
 
     .venv/bin/python eval/test_time_memory.py                   # about 3 minutes on 2 quiet CPU cores
     .venv/bin/python eval/test_time_memory.py --device cuda     # on a GPU
+    .venv/bin/python eval/test_time_memory.py --train-in-context-lr 0.1   # Hope trained with in-context CMS on
 
 Measured runs and their tables: README, "Test-time learning".
 """
@@ -55,12 +56,18 @@ def stream_of(mapping: dict[int, int], repeats: int, generator: torch.Generator)
     return pairs.reshape(1, -1)
 
 
-def train(mixer: str, steps: int, seed: int, device: str) -> tuple[HopeForCausalLM, float]:
+def train(mixer: str, steps: int, seed: int, device: str, in_context: tuple[int, float] | None = None
+          ) -> tuple[HopeForCausalLM, float]:
     """`steps` AdamW steps on in-context recall: each sequence a fresh random mapping of 8 keys, every pair 3
-    times (batches drawn from `seed`, the same for every model). Returns the model and the wall time (s)."""
+    times (batches drawn from `seed`, the same for every model). `in_context` (chunk, lr): train with in-context
+    CMS on level 0 (first order), so the model learns to use it. Returns the model and the wall time (s)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = HopeForCausalLM(model_config(mixer)).to(device)
+    config = model_config(mixer)
+    if in_context is not None:
+        config.cms_levels[0].update(chunk_size=in_context[0], lr=in_context[1])
+        config.in_context_cms = True
+    model = HopeForCausalLM(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     start = time.perf_counter()
     for _ in range(steps):
@@ -77,6 +84,7 @@ def train(mixer: str, steps: int, seed: int, device: str) -> tuple[HopeForCausal
         optimizer.zero_grad()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+    model.config.in_context_cms = False                 # each row of the table says how it reads the stream
     return model.eval(), time.perf_counter() - start
 
 
@@ -115,16 +123,20 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--png", default="test_time_memory.png")
     parser.add_argument("--device", default="cpu", help="cpu (2 threads) or cuda")
+    parser.add_argument("--train-in-context-lr", type=float, default=0.0,
+                        help="> 0: train Hope with in-context CMS on (level 0, chunk --chunk, this lr; first order)")
     args = parser.parse_args()
     if args.train_steps < 0:
         raise ValueError(f"--train-steps must be >= 0, got {args.train_steps}")
     if args.device == "cpu":
         torch.set_num_threads(2)
 
-    hope, hope_seconds = train("self_modifying", args.train_steps, args.seed, args.device)
+    in_context = (args.chunk, args.train_in_context_lr) if args.train_in_context_lr > 0 else None
+    hope, hope_seconds = train("self_modifying", args.train_steps, args.seed, args.device, in_context)
     transformer, transformer_seconds = train("attention", args.train_steps, args.seed, args.device)
     trained = {"hope": hope_seconds, "transformer": transformer_seconds}
-    print(f"trained {args.train_steps} steps each (seed {args.seed}, {args.device}): hope {hope_seconds:.0f} s, "
+    print(f"trained {args.train_steps} steps each (seed {args.seed}, {args.device}): hope {hope_seconds:.0f} s"
+          f"{f' (in-context CMS on, lr {args.train_in_context_lr:g})' if in_context else ''}, "
           f"transformer {transformer_seconds:.0f} s")
 
     rows = {f"hope, in-context CMS on (lr {lr:g}, chunk {args.chunk})": ("on", lr) for lr in args.lrs}
