@@ -153,6 +153,8 @@ def test_refuses_embeddings_other_positions_and_checkpointing():
         model(inputs_embeds=model.get_input_embeddings()(x))
     with pytest.raises(ValueError, match="position_ids"):
         model(x, position_ids=torch.arange(1, 23).expand(2, 22))
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        model(x, attention_mask=torch.ones(2, 7, dtype=torch.long))
     with torch.no_grad():
         assert torch.equal(model(x, attention_mask=torch.ones_like(x)).logits, model(x).logits)
         assert torch.equal(model(x, position_ids=torch.arange(22).expand(2, 22)).logits, model(x).logits)
@@ -164,7 +166,7 @@ def test_refuses_embeddings_other_positions_and_checkpointing():
         assert bool(cache.pending_segment_rows(2, x.device).all())
         model(x[:, 4:], past_key_values=cache, in_context_cms=False)
         assert cache.segment_ids is None and cache.seen_tokens == 22
-    model.gradient_checkpointing_enable()
+    model.model.gradient_checkpointing = True
     with pytest.raises(ValueError, match="gradient checkpointing"):
         model.train()(x)
 

@@ -396,6 +396,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         if cache is not None and not isinstance(cache, HopeCache):
             raise ValueError(f"past_key_values must be a HopeCache (Hope is recurrent), got {type(cache).__name__}")
         cache = cache if cache is not None else HopeCache(self.config)
+        self.model._check_inputs(input_ids, None, attention_mask, cache.get_seq_length())
         B, T = input_ids.shape
         mask = None if attention_mask is None else attention_mask[:, -T:].long()        # the new columns
         if mask is not None and bool(mask.all()):
