@@ -11,6 +11,8 @@ from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
 
 from conftest import tiny_config_kwargs
 
+pytestmark = pytest.mark.usefixtures("single_thread")      # many tiny forwards: threads only cost
+
 MIXERS = {"hope": {}, "hope-attention": {"mixer": "attention", "num_key_value_heads": 2}}
 
 
@@ -188,7 +190,7 @@ def fast_weights(cache: HopeCache, row: int) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("mixer", list(MIXERS))
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_padded_batch_equals_each_row_alone(mixer, side, single_thread):
+def test_padded_batch_equals_each_row_alone(mixer, side):
     """Rows of 13, 7 and 10 tokens padded into one batch, then 6 more tokens each (the rows now at different
     positions): every row's logits, fast weights and summed gradients are those it gets alone. Levels of
     chunk 4 and 6, so the rows' steps fall at different columns."""
@@ -212,7 +214,7 @@ def test_padded_batch_equals_each_row_alone(mixer, side, single_thread):
 
 
 @pytest.mark.parametrize("mixer", list(MIXERS))
-def test_padded_generate_equals_each_row_alone(mixer, single_thread):
+def test_padded_generate_equals_each_row_alone(mixer):
     """Greedy `generate` on a left-padded batch with in-context CMS: each row's tokens and scores are its own."""
     model = build(mixer)
     rows = [ids(batch=1, length=n, seed=n)[0] for n in (9, 5, 7)]

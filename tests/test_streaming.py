@@ -13,6 +13,8 @@ from hope_hf import HopeConfig, HopeForCausalLM, MemoryStream
 from conftest import tiny_config_kwargs
 from test_in_context_cms import MIXERS, build, deltas, ids
 
+pytestmark = pytest.mark.usefixtures("single_thread")      # many tiny forwards: threads only cost
+
 
 @pytest.mark.parametrize("mixer", list(MIXERS))
 @pytest.mark.parametrize("in_context", [True, False])
