@@ -9,15 +9,16 @@ keys whose argmax next token is A's value. Compared:
     hope, in-context CMS off    only the self-modifying memories carry the stream
     transformer, window W       Hope-Attention (softmax attention + CMS) that sees the last W tokens
 
-The two models are first trained for `--train-seconds` each on in-context key → value recall (random
-mappings per sequence), so they know the format. Everything is tiny; the numbers say what this scale
+The two models are first trained for the same number of AdamW steps (`--train-steps`, same batches, fixed
+seed) on in-context key → value recall (random mappings per sequence), so they know the format; the table
+records the steps and each model's training wall time. Everything is tiny; the numbers say what this scale
 shows, nothing more. Prints a markdown table and writes a PNG.
 
-    .venv/bin/python eval/test_time_memory.py            # 1 minute of training + 2-5 minutes of streaming
+    .venv/bin/python eval/test_time_memory.py                   # about 3 minutes on 2 quiet CPU cores
+    .venv/bin/python eval/test_time_memory.py --device cuda     # on a GPU
+    .venv/bin/python eval/test_time_memory.py --train-in-context-lr 0.1   # Hope trained with in-context CMS on
 
-Measured once (defaults; heavily loaded 2-core machine: Hope 8 training steps, Transformer 131): task-A recall
-at B = 0 / 64 / 192 tokens: in-context CMS lr 0.01: 0.04 / 0.08 / 0.04; lr 0.1: 0.17 / 0.12 / 0.04;
-off: 0.04 / 0.04 / 0.04; Transformer (window 64): 0.12 / 0.08 / 0.08. No clear benefit at this scale.
+Measured runs and their tables: README, "Test-time learning".
 """
 
 from __future__ import annotations
@@ -55,37 +56,49 @@ def stream_of(mapping: dict[int, int], repeats: int, generator: torch.Generator)
     return pairs.reshape(1, -1)
 
 
-def train(mixer: str, seconds: float, seed: int) -> tuple[HopeForCausalLM, int]:
-    """AdamW on in-context recall: each sequence a fresh random mapping of 8 keys, every pair 3 times."""
+def train(mixer: str, steps: int, seed: int, device: str, in_context: tuple[int, float] | None = None
+          ) -> tuple[HopeForCausalLM, float]:
+    """`steps` AdamW steps on in-context recall: each sequence a fresh random mapping of 8 keys, every pair 3
+    times (batches drawn from `seed`, the same for every model). `in_context` (chunk, lr): train with in-context
+    CMS on level 0 (first order), so the model learns to use it. Returns the model and the wall time (s)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = HopeForCausalLM(model_config(mixer))
+    config = model_config(mixer)
+    if in_context is not None:
+        config.cms_levels[0].update(chunk_size=in_context[0], lr=in_context[1])
+        config.in_context_cms = True
+    model = HopeForCausalLM(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    start, steps = time.time(), 0
-    while time.time() - start < seconds:
+    start = time.perf_counter()
+    for _ in range(steps):
         batch = []
         for _ in range(8):
             keys = torch.randperm(NUM_KEYS, generator=generator)[:KEYS_PER_TASK] + KEY0
             batch.append(stream_of(task(generator, keys), 3, generator))
         x = torch.cat(batch)
         values_only = torch.where(torch.arange(x.shape[1]) % 2 == 1, x, -100)   # predict each value from its key
-        loss = model(x, labels=values_only).loss
+        loss = model(x.to(device), labels=values_only.to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        steps += 1
-    return model.eval(), steps
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    model.config.in_context_cms = False                 # each row of the table says how it reads the stream
+    return model.eval(), time.perf_counter() - start
 
 
 @torch.no_grad()
 def recall(model: HopeForCausalLM, stream: torch.Tensor, mapping: dict[int, int], in_context: bool,
            window: int | None = None) -> float:
     """Fraction of `mapping`'s keys answered right after `stream` (each probe from a copy of the memory)."""
+    device = model.lm_head.weight.device
+    stream = stream.to(device)
     if window is not None:                          # a Transformer sees its last `window` tokens only
         hits = 0
         for key, value in mapping.items():
-            x = torch.cat([stream[:, -window + 1:] if window > 1 else stream[:, :0], torch.tensor([[key]])], 1)
+            x = torch.cat([stream[:, -window + 1:] if window > 1 else stream[:, :0],
+                           torch.tensor([[key]], device=device)], 1)
             hits += int(model(x).logits[0, -1].argmax()) == value
         return hits / len(mapping)
     memory = MemoryStream(model, in_context_cms=in_context)
@@ -93,14 +106,15 @@ def recall(model: HopeForCausalLM, stream: torch.Tensor, mapping: dict[int, int]
     hits = 0
     for key, value in mapping.items():
         probe = copy.deepcopy(memory.cache)
-        logits = model(torch.tensor([[key]]), past_key_values=probe, in_context_cms=in_context).logits
+        logits = model(torch.tensor([[key]], device=device), past_key_values=probe, in_context_cms=in_context).logits
         hits += int(logits[0, -1].argmax()) == value
     return hits / len(mapping)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-seconds", type=float, default=30)
+    parser.add_argument("--train-steps", type=int, default=1000, help="AdamW steps, the same for both models")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and training batches")
     parser.add_argument("--repeats", type=int, default=4, help="times each pair of A (and B) is streamed")
     parser.add_argument("--b-lengths", type=int, nargs="+", default=[0, 64, 192], help="tokens of B")
     parser.add_argument("--window", type=int, default=64, help="the Transformer's context window (tokens)")
@@ -108,12 +122,22 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.1], help="in-context CMS lr of level 0")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--png", default="test_time_memory.png")
+    parser.add_argument("--device", default="cpu", help="cpu (2 threads) or cuda")
+    parser.add_argument("--train-in-context-lr", type=float, default=0.0,
+                        help="> 0: train Hope with in-context CMS on (level 0, chunk --chunk, this lr; first order)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    if args.train_steps < 0:
+        raise ValueError(f"--train-steps must be >= 0, got {args.train_steps}")
+    if args.device == "cpu":
+        torch.set_num_threads(2)
 
-    hope, hope_steps = train("self_modifying", args.train_seconds, 0)
-    transformer, transformer_steps = train("attention", args.train_seconds, 0)
-    print(f"trained {args.train_seconds:g} s each: hope {hope_steps} steps, transformer {transformer_steps} steps")
+    in_context = (args.chunk, args.train_in_context_lr) if args.train_in_context_lr > 0 else None
+    hope, hope_seconds = train("self_modifying", args.train_steps, args.seed, args.device, in_context)
+    transformer, transformer_seconds = train("attention", args.train_steps, args.seed, args.device)
+    trained = {"hope": hope_seconds, "transformer": transformer_seconds}
+    print(f"trained {args.train_steps} steps each (seed {args.seed}, {args.device}): hope {hope_seconds:.0f} s"
+          f"{f' (in-context CMS on, lr {args.train_in_context_lr:g})' if in_context else ''}, "
+          f"transformer {transformer_seconds:.0f} s")
 
     rows = {f"hope, in-context CMS on (lr {lr:g}, chunk {args.chunk})": ("on", lr) for lr in args.lrs}
     rows["hope, in-context CMS off"] = ("off", 0.0)
@@ -140,10 +164,11 @@ def main() -> None:
     a_tokens = 2 * KEYS_PER_TASK * args.repeats
     print(f"\nTask-A recall (fraction of {KEYS_PER_TASK} keys, mean of {args.trials} trials) after {a_tokens} tokens "
           f"of A then the B tokens of each column; chance ≈ 1/{NUM_KEYS}\n")
-    print("| model | " + " | ".join(f"B = {b}" for b in args.b_lengths) + " |")
-    print("|---|" + "---|" * len(args.b_lengths))
+    print("| model | training steps | training time (s) | " + " | ".join(f"B = {b}" for b in args.b_lengths) + " |")
+    print("|---|---|---|" + "---|" * len(args.b_lengths))
     for name, values in results.items():
-        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+        seconds = trained["transformer" if name.startswith("transformer") else "hope"]
+        print(f"| {name} | {args.train_steps} | {seconds:.0f} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
 
     import matplotlib
 

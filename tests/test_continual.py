@@ -184,3 +184,30 @@ def test_tiny_benchmark_runs_every_method(tmp_path):
     assert (tmp_path / "accuracy_matrices.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="unknown Setting fields"):
         run_benchmark(setting="tiny", output_dir=tmp_path, steps=3)
+
+
+def test_hope_in_context_method_learns_inside_each_example_and_evaluates_batched():
+    """`hope_in_context`: in-context CMS on (level 0: chunk 4, lr 0.1); a padded evaluation batch gives every
+    example the separator logits it gets alone, and the fast weights do change them."""
+    with pytest.raises(ValueError, match="set together"):
+        Method("hope", in_context_chunk=4)
+    with pytest.raises(ValueError, match="needs model='hope'"):
+        Method("transformer", in_context_chunk=4, in_context_lr=0.1)
+    setting = SETTINGS["tiny"]
+    tasks = synthetic_tasks(2, 2, 4, 4, words_per_example=9, keywords_per_example=2, seed=0)
+    tokenizer = train_bpe_tokenizer([text for task in tasks for text, _ in task.train], 300)
+    from hope_hf.continual import build_model
+
+    model = build_model(METHODS["hope_in_context"], setting, len(tokenizer) + 4, tokenizer).eval()
+    assert model.config.in_context_cms and model.config.in_context_levels == [0]
+    assert model.config.cms_levels[0]["chunk_size"] == 4 and model.config.cms_levels[0]["lr"] == 0.1
+    data = encode(tokenizer, tasks[0].test + tasks[1].test, len(tokenizer), setting.memory_chunk_size,
+                  setting.max_text_tokens)
+    assert len(set(data.attention_mask.sum(1).tolist())) > 1                   # rows of different lengths
+    with torch.no_grad():
+        batched = separator_logits(model, data)
+        alone = torch.cat([separator_logits(model, data[i:i + 1]) for i in range(len(data))])
+        model.config.in_context_cms = False
+        off = separator_logits(model, data)
+    assert (batched - alone).abs().max() < 1e-5
+    assert (batched - off).abs().max() > 1e-4

@@ -11,12 +11,14 @@ from safetensors import safe_open
 from hope_hf import HopeConfig, HopeForCausalLM, MemoryStream
 
 from conftest import tiny_config_kwargs
-from test_in_context_cms import MIXERS, build, ids
+from test_in_context_cms import MIXERS, build, deltas, ids
+
+pytestmark = pytest.mark.usefixtures("single_thread")      # many tiny forwards: threads only cost
 
 
 @pytest.mark.parametrize("mixer", list(MIXERS))
 @pytest.mark.parametrize("in_context", [True, False])
-@pytest.mark.parametrize("cut", [6, 16])                # inside a chunk of both levels; at a step of both
+@pytest.mark.parametrize("cut", [4, 6, 16])     # a step of level 0 only (a pending pair); inside both; a step of both
 def test_save_load_continue_equals_never_stopping(tmp_path, mixer, in_context, cut):
     model = build(mixer)
     x = ids(length=30)
@@ -78,20 +80,24 @@ def test_reset_forgets_and_detach_cuts_the_graph():
 
 
 @pytest.mark.parametrize("mixer", list(MIXERS))
-def test_consolidate_folds_the_fast_weights_and_the_stream_goes_on_unchanged(mixer):
+@pytest.mark.parametrize("cut", [12, 16])                 # a step of level 0 only (a pending pair); of both
+def test_consolidate_folds_the_fast_weights_and_the_stream_goes_on_unchanged(mixer, cut):
     model = build(mixer)
     x = ids(batch=1, length=30)
     with torch.no_grad():
         stream = MemoryStream(model)
-        stream.feed(x[:, :16])
+        stream.feed(x[:, :cut])
         kept = copy.deepcopy(stream.cache)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        reference = stream.feed(x[:, 16:]).logits
+        reference = stream.feed(x[:, cut:]).logits
+        reference_deltas = deltas(stream.cache)
         stream.cache = kept
         stream.consolidate(0)
         stream.consolidate(1)
-        continued = stream.feed(x[:, 16:]).logits
+        continued = stream.feed(x[:, cut:]).logits
     assert (continued - reference).abs().max() < 1e-5
+    folded = deltas(stream.cache)                 # ΔW after the fold: the reference's minus what was folded at cut
+    assert (folded[0] - reference_deltas[0]).abs().max() > 1e-4
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed == {f"model.layers.{i}.cms.levels.{j}.{p}.weight" for i in range(2) for j in range(2)
                        for p in ("gate_proj", "up_proj", "down_proj")}

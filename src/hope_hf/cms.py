@@ -99,11 +99,14 @@ def in_context_step(delta: tuple[torch.Tensor, ...], grad: tuple[torch.Tensor, .
 
 
 @torch.no_grad()
-def consolidate_level(level: CMSLevel, delta: tuple[torch.Tensor, ...], row: int | None = None) -> None:
+def consolidate_level(level: CMSLevel, delta: tuple[torch.Tensor, ...], row: int | None = None
+                      ) -> tuple[torch.Tensor, ...]:
     """Fold a level's fast weights into its parameters: W_p ← W_p + ΔW_p,row (or the mean over rows).
 
     The one place where test-time learning becomes permanent (HOPE.md §4). `delta` [B, out, in] per projection.
+    Returns the folded ΔW_p [out, in] per projection.
     """
-    for proj, d in zip(level.projections(), delta, strict=True):
-        folded = d.mean(0) if row is None else d[row]
-        proj.weight.add_(folded.to(proj.weight.dtype))
+    folded = tuple(d.mean(0) if row is None else d[row] for d in delta)
+    for proj, f in zip(level.projections(), folded, strict=True):
+        proj.weight.add_(f.to(proj.weight.dtype))
+    return folded

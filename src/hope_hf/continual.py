@@ -25,9 +25,11 @@ Methods (same tasks, data order, steps, batch size and learning rate):
 | `lwf` | same-size Transformer | + LwF (Li & Hoiem 2016), see `LwF` |
 | `hope` | Hope | every CMS level updated every step (no schedule) |
 | `hope_cms` | Hope | level `j` steps every `update_period_j` steps (`schedule.HopeScheduleCallback`) |
+| `hope_in_context` | Hope | + in-context CMS on, in training and at test time: level 0's fast weights step every 4 real tokens of each example, lr 0.1 (HOPE.md §4) |
 
-Add methods with `register_method(name, Method(...))`. In-context CMS is not one yet: it refuses padded batches,
-and the classification batches here are padded.
+`hope_in_context` learns inside each example at test time (the fast weights start from 0 for every example and
+live only while it is read, so nothing is carried from one example to the next); training runs the same online
+forward, first order. Add methods with `register_method(name, Method(...))`.
 This is not a model file.
 """
 
@@ -45,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .baselines import count_parameters, matched_llama_config
-from .configuration_hope import HopeConfig
+from .configuration_hope import HopeConfig, default_cms_levels
 from .continual_tasks import ClassificationTask, all_texts, load_text_classification, synthetic_tasks
 from .modeling_hope import HopeForCausalLM
 
@@ -238,7 +240,10 @@ class Method:
         model: `"transformer"` (same-size Llama) or `"hope"`.
         regulariser: `None`, `"ewc"` or `"lwf"`.
         schedule: use the CMS schedule (`HopeScheduleCallback`; Hope only).
-        config_overrides: `HopeConfig` fields for this method's Hope (e.g. in-context CMS levels).
+        config_overrides: `HopeConfig` fields for this method's Hope.
+        in_context_chunk, in_context_lr: > 0 turns in-context CMS on (Hope only): CMS level 0 of the benchmark's
+            Hope steps its fast weights every `in_context_chunk` real tokens with this inner learning rate, in
+            training (first order) and at test time.
         description: one line for the report.
     """
 
@@ -246,6 +251,8 @@ class Method:
     regulariser: str | None = None
     schedule: bool = False
     config_overrides: Mapping[str, Any] = field(default_factory=dict)
+    in_context_chunk: int = 0
+    in_context_lr: float = 0.0
     description: str = ""
 
     def __post_init__(self):
@@ -255,6 +262,14 @@ class Method:
             raise ValueError(f"Method.regulariser must be None, 'ewc' or 'lwf', got {self.regulariser!r}")
         if self.schedule and self.model != "hope":
             raise ValueError("Method.schedule (the CMS schedule) needs model='hope'")
+        if self.in_context_chunk < 0 or self.in_context_lr < 0:
+            raise ValueError(f"Method.in_context_chunk and in_context_lr must be >= 0, got {self.in_context_chunk} "
+                             f"and {self.in_context_lr}")
+        if (self.in_context_chunk > 0) != (self.in_context_lr > 0):
+            raise ValueError(f"Method.in_context_chunk and in_context_lr are set together, got {self.in_context_chunk} "
+                             f"and {self.in_context_lr}")
+        if self.in_context_chunk and self.model != "hope":
+            raise ValueError("Method.in_context_chunk (in-context CMS) needs model='hope'")
 
 
 METHODS: dict[str, Method] = {
@@ -263,6 +278,8 @@ METHODS: dict[str, Method] = {
     "lwf": Method("transformer", "lwf", description="same-size Transformer + LwF"),
     "hope": Method("hope", description="Hope, all CMS levels updated every step"),
     "hope_cms": Method("hope", schedule=True, description="Hope with the CMS schedule (update_period per level)"),
+    "hope_in_context": Method("hope", in_context_chunk=4, in_context_lr=0.1,
+                              description="Hope with in-context CMS (level 0: a step every 4 tokens, lr 0.1)"),
 }
 
 
@@ -336,7 +353,12 @@ def hope_config(setting: Setting, vocab_size: int, tokenizer, **overrides) -> Ho
 
 
 def build_model(method: Method, setting: Setting, vocab_size: int, tokenizer):
-    config = hope_config(setting, vocab_size, tokenizer, **method.config_overrides)
+    overrides = dict(method.config_overrides)
+    if method.in_context_chunk:
+        levels = [dict(level) for level in overrides.get("cms_levels", default_cms_levels(setting.hidden_size))]
+        levels[0].update(chunk_size=method.in_context_chunk, lr=method.in_context_lr)
+        overrides.update(cms_levels=levels, in_context_cms=True)
+    config = hope_config(setting, vocab_size, tokenizer, **overrides)
     if method.model == "hope":
         return HopeForCausalLM(config)
     from transformers import LlamaForCausalLM

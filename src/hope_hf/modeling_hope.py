@@ -18,12 +18,25 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 
 from .attention import HopeAttention
-from .cache import HopeCache
+from .cache import HopeCache, pick_rows
 from .cms import ContinuumMemory, consolidate_level, in_context_step
 from .configuration_hope import HopeConfig
 from .model_card import write_model_card
 from .normalization import HopeRMSNorm
-from .self_modifying import IMPLEMENTATIONS, FastMemoryBank, SelfModifyingTitans
+from .self_modifying import IMPLEMENTATIONS, FastMemoryBank, SelfModifyingTitans, pack_order
+
+
+def segment_loss(logits: torch.Tensor, ids: torch.LongTensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The in-context loss of segments: Σ over rows and over consecutive real tokens (t, t') of a row of
+    CE(logits_t, ids_t'), in float32. logits [S, n, V]; ids, mask [S, n] (`mask` 1 real, `None`: all real)."""
+    if mask is not None and not bool(mask.all()):          # consecutive real tokens: pack them to the front
+        order = pack_order(mask)
+        ids, logits = ids.gather(1, order), logits.gather(1, order[..., None].expand_as(logits))
+        valid = torch.arange(1, ids.shape[1], device=ids.device)[None, :] < mask.long().sum(dim=1, keepdim=True)
+    else:
+        valid = torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool, device=ids.device)
+    pairs = nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+    return pairs[valid].sum()
 
 
 class HopeBlock(GradientCheckpointingLayer):
@@ -299,8 +312,9 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             logits_to_keep: compute logits for the last `logits_to_keep` positions only (0 = all),
                 or for the positions of a 1-D index tensor.
             in_context_cms: run the in-context CMS (default: `config.in_context_cms`): levels with `chunk_size > 0`
-                step their fast weights in the cache every `chunk_size` tokens (eval mode, `input_ids`, no
-                padding; see the decisions below). Off: fast weights already in the cache are used, not updated.
+                step each row's fast weights in the cache every `chunk_size` real tokens of the row (`input_ids`;
+                padding anywhere; training mode trains first order; see the decisions below). Off: fast weights
+                already in the cache are used, not updated.
             Other arguments as `HopeModel.forward`; extra kwargs (e.g. `num_items_in_batch`) reach the loss.
         Returns:
             `CausalLMOutputWithPast` with `logits` [B, T_kept, vocab] and `loss` when `labels` is given.
@@ -312,21 +326,22 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
                 raise ValueError("in-context CMS takes input_ids (the chunk loss reads the next tokens), "
                                  "without inputs_embeds or output_hidden_states")
             if position_ids is not None and input_ids is not None:
-                past = past_key_values.get_seq_length() if past_key_values is not None else 0
-                default = torch.arange(past, past + input_ids.shape[1], device=position_ids.device)
-                if not bool((position_ids == default).all()):
-                    raise ValueError("in-context CMS uses the default position_ids (the column index); got others")
+                self._check_default_positions(position_ids, input_ids, attention_mask, past_key_values)
             logits, cache = self._in_context_logits(input_ids, attention_mask, past_key_values)
             use_cache = use_cache if use_cache is not None else self.config.use_cache
             outputs = BaseModelOutputWithPast(past_key_values=cache if use_cache else None)
             logits = slice_logits_to_keep(logits, logits_to_keep)
         else:
             if isinstance(past_key_values, HopeCache) and past_key_values.segment_ids is not None:
-                raise ValueError(
-                    f"in_context_cms=False on a cache inside an in-context segment ({past_key_values.segment_ids.shape[1]}"
-                    " tokens since the last in-context step): its tokens would be missing when the segment completes; "
-                    "continue with in_context_cms=True up to the next step boundary first"
-                )
+                rows = past_key_values.segment_ids.shape[0]
+                if bool(past_key_values.open_segment_rows(rows, past_key_values.segment_ids.device).any()):
+                    raise ValueError(
+                        "in_context_cms=False on a cache inside an in-context segment (some row has tokens since its "
+                        "last in-context step): they would be missing when the segment completes; continue with "
+                        "in_context_cms=True up to the next step boundary first"
+                    )
+                # at a step: the pending last pairs would take their targets from tokens not learned from; dropped
+                past_key_values.resolve_pending(torch.ones(rows, dtype=torch.bool, device=past_key_values.segment_ids.device))
             outputs = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -348,57 +363,106 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     # --- in-context CMS (HOPE.md §4, Eq. 71): the driver of the fast weights' steps ----------------------------
     #
     # Decisions (docs/FAITHFULNESS.md §4):
-    # - Step boundaries are absolute positions: level ℓ steps after every token whose 1-based position is a
-    #   multiple of its `chunk_size` c_ℓ (all rows share positions: padding is refused). The tokens between
-    #   two consecutive steps of any level form a *segment*; every ΔW is constant inside a segment.
-    # - The loss of a segment is the summed cross-entropy of its next-token pairs (t, t+1), both tokens in the
-    #   segment, summed over rows (row b's ΔW_b only sees row b's loss). Level ℓ steps on the sum of the
-    #   segment gradients of its chunk: with one in-context level that is exactly its chunk's loss; with
-    #   several, the pairs that straddle a faster level's step are not counted.
-    # - The gradient is taken through the segment's own computation, from the (detached) state at the segment
-    #   start: one forward of the whole segment, whatever the calls it arrived in. A call that ends inside a
-    #   segment runs without gradients and keeps the segment's tokens and start state in the cache; the call
-    #   that completes it re-runs the segment from its start with gradients. So the result does not depend on
-    #   how a stream is split into calls, and token-by-token decoding equals one forward.
-    # - First order: the step is not differentiated; outputs carry no graph; eval mode only.
+    # - Step boundaries are each row's real-token positions: level ℓ steps row b's ΔW_b after the row's real
+    #   token whose 1-based position is a multiple of its `chunk_size` c_ℓ. Padding counts for nothing, so the
+    #   rows of a padded batch step at different columns, each where it would step alone. A row's real tokens
+    #   between two consecutive steps of any in-context level form a *segment*; ΔW_b is constant inside it.
+    # - Level ℓ's chunk loss is the summed cross-entropy of the pairs (t, t') of consecutive real tokens both in
+    #   the chunk; row b's ΔW_b only sees row b's loss. A pair's gradient is taken through the computation of
+    #   the segment of t, from the detached state at that segment's start, and added to ℓ's summed gradient;
+    #   ℓ steps on the sum (first order). A pair inside a segment counts for every level; the pair (last token
+    #   of a segment, next token) counts for the levels that do not step there: its target arrives after the
+    #   segment closed, so the segment stays *pending* (its tokens, start state and ΔW kept) until it does.
+    # - A call runs as the plain forward does (same outputs, same cache) with the current ΔW, cut at the
+    #   columns where some row steps. Each row's open segment is kept in the cache; when it completes, it is
+    #   re-run from its start with the row's ΔW as leaves for the gradient (and a pending one once more, for its
+    #   last pair). So the result does not depend on how a stream is split into calls or padded, and
+    #   token-by-token decoding equals one forward.
+    # - First order: ΔW enters every forward as a constant and the step is not differentiated. In training
+    #   mode the outputs carry the usual graph into the parameters, so the outer loop can train with it on.
 
     def _in_context_logits(self, input_ids: torch.LongTensor | None, attention_mask: torch.Tensor | None,
                            cache: HopeCache | None) -> tuple[torch.Tensor, HopeCache]:
-        """Online forward with in-context CMS: logits [B, T, V] (no graph) and the cache after the call."""
+        """Online forward with in-context CMS: logits [B, T, V] and the cache after the call.
+
+        `attention_mask`: [B, T] or [B, T_past + T] (as `generate` passes it), 1 real / 0 padding, anywhere.
+        """
         if not self.config.in_context_levels:
             raise ValueError("in_context_cms=True needs a CMS level with chunk_size > 0, got chunk sizes "
                              f"{[level['chunk_size'] for level in self.config.cms_levels]}")
-        if self.training:
-            raise ValueError("in-context CMS runs in eval mode only (the outer loop does not differentiate through "
-                             "the in-context steps): call model.eval(), or pass in_context_cms=False to train")
+        if self.training and self.model.gradient_checkpointing:
+            raise ValueError("in-context CMS does not run with gradient checkpointing (a segment's gradient is "
+                             "taken with torch.autograd.grad): disable it, or pass in_context_cms=False")
         if input_ids is None:
             raise ValueError("in-context CMS needs input_ids (the chunk loss reads the next tokens), got None")
         if cache is not None and not isinstance(cache, HopeCache):
             raise ValueError(f"past_key_values must be a HopeCache (Hope is recurrent), got {type(cache).__name__}")
         cache = cache if cache is not None else HopeCache(self.config)
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if padded or cache.attention_mask is not None:
-            raise ValueError("in-context CMS does not support padding: attention_mask must be all ones (each row's "
-                             "chunk boundaries are absolute positions shared by the batch)")
-        self._init_fast_weights(cache, input_ids.shape[0], input_ids.device)
-        logits, start, T = [], 0, input_ids.shape[1]
-        while start < T:
-            boundary = self._next_step_boundary(cache.seen_tokens)
-            end = min(T, start + boundary - cache.seen_tokens)
-            piece = input_ids[:, start:end]
-            if cache.seen_tokens + piece.shape[1] == boundary:
-                logits.append(self._complete_segment(piece, cache))
-            else:
-                logits.append(self._extend_segment(piece, cache))
+        self.model._check_inputs(input_ids, None, attention_mask, cache.get_seq_length())
+        B, T = input_ids.shape
+        mask = None if attention_mask is None else attention_mask[:, -T:].long()        # the new columns
+        if mask is not None and bool(mask.all()):
+            mask = None
+        self._init_fast_weights(cache, B, input_ids.device)
+        real = torch.ones_like(input_ids) if mask is None else mask
+        positions = cache.real_tokens(B, input_ids.device)[:, None] + real.cumsum(dim=1)   # [B, T] after each column
+        steps = real.bool() & self._is_step(positions)                                     # [B, T] row steps here
+        ends = (steps.any(dim=0).nonzero().flatten() + 1).tolist()
+        if not ends or ends[-1] != T:
+            ends.append(T)
+        logits, start = [], 0
+        for end in ends:
+            if end == start:                                                                # T = 0
+                continue
+            ids, piece_mask = input_ids[:, start:end], None if mask is None else mask[:, start:end]
+            self._resolve_pending(cache, ids, piece_mask)
+            cache.extend_segments(ids, piece_mask, lambda: self._current_states(cache, B, input_ids.device))
+            hidden = self.model(input_ids=ids, attention_mask=piece_mask, past_key_values=cache, use_cache=True,
+                                return_dict=True).last_hidden_state
+            logits.append(self.lm_head(hidden))
+            if bool(steps[:, end - 1].any()):
+                self._step_rows(cache, steps[:, end - 1], positions[:, end - 1])
             start = end
         if not logits:
-            return input_ids.new_zeros(input_ids.shape[0], 0, self.config.vocab_size, dtype=self.lm_head.weight.dtype), cache
+            return input_ids.new_zeros(B, 0, self.config.vocab_size, dtype=self.lm_head.weight.dtype), cache
         return torch.cat(logits, dim=1), cache
 
-    def _next_step_boundary(self, position: int) -> int:
-        """The first position > `position` where some in-context level steps."""
+    @staticmethod
+    def _check_default_positions(position_ids: torch.Tensor, input_ids: torch.LongTensor,
+                                 attention_mask: torch.Tensor | None, cache: HopeCache | None) -> None:
+        """In-context CMS counts real tokens: `position_ids` must be the default ones at every real column (each
+        row's count of real tokens before it, as `generate` passes them; padded columns are not checked)."""
+        B, T = input_ids.shape
+        full = attention_mask
+        if cache is not None:
+            full = cache.full_attention_mask(attention_mask, B, T, input_ids.device)
+        if full is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            default = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+            real = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
+        else:
+            default, real = (full.long().cumsum(dim=1) - 1)[:, -T:], full[:, -T:].bool()
+        if not bool((position_ids.expand(B, T) == default)[real].all()):
+            raise ValueError("in-context CMS uses the default position_ids (each row's count of real tokens before "
+                             "the column); got others")
+
+    def _is_step(self, positions: torch.Tensor) -> torch.Tensor:
+        """Bool, same shape as `positions` (1-based real-token counts): some in-context level steps there."""
         sizes = [self.config.cms_levels[j]["chunk_size"] for j in self.config.in_context_levels]
-        return min((position // c + 1) * c for c in sizes)
+        return torch.stack([positions % c == 0 for c in sizes]).any(dim=0)
+
+    def _current_states(self, cache: HopeCache, batch_size: int, device: torch.device) -> list:
+        """Each layer's state now, detached (the initial state on an empty cache; `None` for attention layers)."""
+        states = []
+        for block, layer in zip(self.model.layers, cache.layers, strict=True):
+            if isinstance(block.mixer, HopeAttention):
+                states.append(None)
+                continue
+            state = layer.state
+            if state is None:
+                state = block.mixer.initial_state(batch_size, device, self.model.embed_tokens.weight.dtype)
+            states.append(state.map_tensors(torch.Tensor.detach))
+        return states
 
     def _init_fast_weights(self, cache: HopeCache, batch_size: int, device: torch.device) -> None:
         """ΔW = 0 and summed gradients = 0 for every in-context level, on the first in-context call of a cache."""
@@ -412,59 +476,91 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
                 continue
             zeros = [block.cms.levels[j].zero_delta(batch_size, device, dtype) if j in self.config.in_context_levels
                      else None for j in range(len(block.cms.levels))]
-            layer.cms = {"delta": zeros, "grad": [None if z is None else tuple(t.clone() for t in z) for z in zeros]}
+            layer.cms = {key: [None if z is None else tuple(t.clone() for t in z) for z in zeros]
+                         for key in ("delta", "grad", "pending_delta")}
 
-    def _segment_logits(self, ids: torch.LongTensor, cache: HopeCache) -> torch.Tensor:
-        hidden = self.model(input_ids=ids, past_key_values=cache, use_cache=True, return_dict=True).last_hidden_state
-        return self.lm_head(hidden)
-
-    def _extend_segment(self, piece: torch.LongTensor, cache: HopeCache) -> torch.Tensor:
-        """A call that stops inside a segment: plain outputs; the segment's tokens and start are remembered."""
-        if cache.segment_ids is None:
-            cache.segment_start = [layer.state for layer in cache.layers]
-            cache.segment_ids = piece
-        else:
-            cache.segment_ids = torch.cat([cache.segment_ids, piece], dim=1)
-        with torch.no_grad():
-            return self._segment_logits(piece, cache)
-
-    def _complete_segment(self, piece: torch.LongTensor, cache: HopeCache) -> torch.Tensor:
-        """The call that reaches a step boundary: (re-)run the whole segment from its start with gradients, add
-        its gradient to every in-context level, step the levels due here, and return the logits of `piece`."""
-        ids = piece
-        if cache.segment_ids is not None:
-            ids = torch.cat([cache.segment_ids, piece], dim=1)
-            for layer, state in zip(cache.layers, cache.segment_start, strict=True):
-                layer.restore(state)
-            cache.seen_tokens -= cache.segment_ids.shape[1]
-            cache.segment_ids = cache.segment_start = None
+    def _step_rows(self, cache: HopeCache, rows: torch.Tensor, positions: torch.Tensor) -> None:
+        """Rows [B] (bool) whose open segment just completed, at real positions `positions` [B]: re-run each one's
+        segment from its start with its ΔW as leaves, add the gradient of its loss to every in-context level,
+        and step the levels due at the row's position (`ΔW ← ΔW − lr · summed gradient`, the sum restarts at 0).
+        A row where some level is not due keeps the segment as its pending segment, with the ΔW it ran with."""
+        index = rows.nonzero().flatten()
         levels = self.config.in_context_levels
+        grads = self._segment_gradients(cache, index, pending=False, loss_fn=segment_loss)
+        due = {j: rows & (positions % self.config.cms_levels[j]["chunk_size"] == 0) for j in levels}
+        self._add_gradients(cache, index, grads, {j: rows for j in levels})
+        pending = rows & ~torch.stack([due[j] for j in levels]).all(dim=0)
+        if bool(pending.any()):
+            flags = torch.zeros(rows.shape[0], len(self.config.cms_levels), dtype=torch.bool, device=rows.device)
+            for j in levels:
+                flags[:, j] = ~due[j]
+            old = cache.pending_levels if cache.pending_levels is not None else flags
+            cache.pending_levels = pick_rows(pending, flags, old)
+        for layer in cache.layers:
+            for j in levels:
+                delta, summed = layer.cms["delta"][j], layer.cms["grad"][j]
+                layer.cms["pending_delta"][j] = tuple(pick_rows(pending, d, p) for d, p in
+                                                      zip(delta, layer.cms["pending_delta"][j], strict=True))
+                stepped = in_context_step(delta, summed, self.config.cms_levels[j]["lr"])
+                layer.cms["delta"][j] = tuple(pick_rows(due[j], new, old) for new, old in
+                                              zip(stepped, delta, strict=True))
+                layer.cms["grad"][j] = tuple(pick_rows(due[j], torch.zeros_like(g), g) for g in summed)
+        cache.close_segments(rows, pending)
+
+    def _resolve_pending(self, cache: HopeCache, ids: torch.LongTensor, mask: torch.Tensor | None) -> None:
+        """Before the call's columns `ids` [B, T] (`mask` [B, T]): for every row with a pending segment and a real
+        token here, add the gradient of the pair (the segment's last token, this first real token) to the levels
+        that still count it (`pending_levels`), through the segment re-run with the ΔW it ran with."""
+        real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+        rows = cache.pending_segment_rows(ids.shape[0], ids.device) & real.any(dim=1)
+        if not bool(rows.any()):
+            return
+        index = rows.nonzero().flatten()
+        targets = ids[index].gather(1, real[index].long().argmax(dim=1, keepdim=True)).squeeze(1)   # first real
+
+        def last_pair_loss(logits, segment_ids, segment_mask):
+            last = segment_mask.shape[1] - 1 - segment_mask.flip(1).argmax(dim=1)         # last real column
+            return nn.functional.cross_entropy(logits[torch.arange(len(last)), last].float(), targets, reduction="sum")
+
+        grads = self._segment_gradients(cache, index, pending=True, loss_fn=last_pair_loss)
+        self._add_gradients(cache, index, grads, {j: rows & cache.pending_levels[:, j]
+                                                  for j in self.config.in_context_levels})
+        cache.resolve_pending(rows)
+
+    def _segment_gradients(self, cache: HopeCache, index: torch.Tensor, pending: bool, loss_fn) -> list:
+        """Re-run the open (or pending) segment of rows `index` [S] from its start, with the ΔW it runs with as
+        leaves; returns per layer a dict {level: (g_gate, g_up, g_down)} of ∂ loss_fn(logits, ids, mask)/∂ΔW."""
+        start = cache.segment_start_cache(self.config, index, pending)
+        ids = cache.segment_ids[index]
+        mask = (cache.segment_mask[index] == (cache.PENDING if pending else cache.OPEN)).long()
+        levels, key = self.config.in_context_levels, "pending_delta" if pending else "delta"
         leaves = []
-        for layer in cache.layers:
+        for layer, target in zip(cache.layers, start.layers, strict=True):
+            delta = [None] * len(self.config.cms_levels)
             for j in levels:
-                layer.cms["delta"][j] = tuple(d.detach().requires_grad_(True) for d in layer.cms["delta"][j])
-                leaves += layer.cms["delta"][j]
+                delta[j] = tuple(d[index].detach().requires_grad_(True) for d in layer.cms[key][j])
+                leaves += delta[j]
+            target.cms = {"delta": delta}
         with torch.enable_grad():
-            logits = self._segment_logits(ids, cache)
-            if ids.shape[1] > 1:
-                loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(),
-                                                   reduction="sum")
-                grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-            else:
-                grads = [None] * len(leaves)
-        grads = iter(torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads))
-        position = cache.seen_tokens
-        for layer in cache.layers:
-            for j in levels:
-                delta = layer.cms["delta"][j]
-                grad = tuple(acc + next(grads) for acc in layer.cms["grad"][j])
-                if position % self.config.cms_levels[j]["chunk_size"] == 0:
-                    delta = in_context_step(delta, grad, self.config.cms_levels[j]["lr"])
-                    grad = tuple(torch.zeros_like(g) for g in grad)
-                layer.cms["delta"][j] = tuple(d.detach() for d in delta)
-                layer.cms["grad"][j] = tuple(g.detach() for g in grad)
-        cache.detach()
-        return logits[:, ids.shape[1] - piece.shape[1]:].detach()
+            hidden = self.model(input_ids=ids, attention_mask=mask, past_key_values=start, use_cache=True,
+                                return_dict=True).last_hidden_state
+            loss = loss_fn(self.lm_head(hidden), ids, mask)
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        grads = iter(torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads, strict=True))
+        return [{j: tuple(next(grads) for _ in range(3)) for j in levels} for _ in cache.layers]
+
+    @staticmethod
+    def _add_gradients(cache: HopeCache, index: torch.Tensor, grads: list, rows_of_level: dict) -> None:
+        """Add the gradients of rows `index` [S] (`_segment_gradients`) to the summed gradients of each level j,
+        for the rows `rows_of_level[j]` [B] bool only."""
+        for layer, layer_grads in zip(cache.layers, grads, strict=True):
+            for j, level_grads in layer_grads.items():
+                summed = []
+                for acc, g in zip(layer.cms["grad"][j], level_grads, strict=True):
+                    full = torch.zeros_like(acc)
+                    full[index] = g.to(acc.dtype)
+                    summed.append((acc + full * rows_of_level[j].view(-1, 1, 1).to(acc.dtype)).detach())
+                layer.cms["grad"][j] = tuple(summed)
 
     @torch.no_grad()
     def consolidate_cms(self, cache: HopeCache, level: int, row: int | None = None) -> None:
@@ -482,8 +578,11 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             delta = layer.cms["delta"][level]
             if row is not None and not 0 <= row < delta[0].shape[0]:
                 raise ValueError(f"row must be in [0, {delta[0].shape[0]}), got {row!r}")
-            consolidate_level(block.cms.levels[level], delta, row)
+            folded = consolidate_level(block.cms.levels[level], delta, row)
             layer.cms["delta"][level] = tuple(torch.zeros_like(d) for d in delta)
+            # a pending segment re-runs with W + ΔW_pending: keep that sum for the new W
+            layer.cms["pending_delta"][level] = tuple(p - f for p, f in zip(layer.cms["pending_delta"][level], folded,
+                                                                            strict=True))
 
 
 __all__ = ["HopeBlock", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel"]

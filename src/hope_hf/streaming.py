@@ -84,9 +84,13 @@ def cache_to_tensors(cache: HopeCache) -> dict[str, torch.Tensor]:
     if cache.attention_mask is not None:
         named["attention_mask"] = cache.attention_mask
     if cache.segment_ids is not None:
-        named["segment_ids"] = cache.segment_ids
+        named["segment_ids"], named["segment_mask"] = cache.segment_ids, cache.segment_mask
         for i, state in enumerate(cache.segment_start):
             named.update(_layer_state_tensors(f"segment_start.{i}", state))
+        for i, state in enumerate(cache.pending_start or []):
+            named.update(_layer_state_tensors(f"pending_start.{i}", state))
+    if cache.pending_levels is not None:
+        named["pending_levels"] = cache.pending_levels
     return {k: v.detach().cpu().contiguous().clone() for k, v in named.items()}    # no shared storage
 
 
@@ -97,7 +101,7 @@ def cache_from_tensors(config, tensors: dict[str, torch.Tensor], seen_tokens: in
     for i, layer in enumerate(cache.layers):
         layer.restore(_layer_state_from(f"layers.{i}", tensors, self_modifying))
         cms = {}
-        for key in ("delta", "grad"):
+        for key in ("delta", "grad", "pending_delta"):
             entries = []
             for j in range(len(config.cms_levels)):
                 names = [f"layers.{i}.cms.{key}.{j}.{p}" for p in ("gate", "up", "down")]
@@ -107,9 +111,13 @@ def cache_from_tensors(config, tensors: dict[str, torch.Tensor], seen_tokens: in
     cache.seen_tokens = seen_tokens
     cache.attention_mask = tensors.get("attention_mask")
     if "segment_ids" in tensors:
-        cache.segment_ids = tensors["segment_ids"]
+        cache.segment_ids, cache.segment_mask = tensors["segment_ids"], tensors["segment_mask"]
         cache.segment_start = [_layer_state_from(f"segment_start.{i}", tensors, self_modifying)
                                for i in range(config.num_hidden_layers)]
+        if any(k.startswith("pending_start.") for k in tensors) or not self_modifying:
+            cache.pending_start = [_layer_state_from(f"pending_start.{i}", tensors, self_modifying)
+                                   for i in range(config.num_hidden_layers)]
+    cache.pending_levels = tensors.get("pending_levels")
     return cache
 
 
