@@ -139,3 +139,18 @@ def test_bench_rejects_bad_options(capsys):
                           (["--heads", "3"], "HopeConfig.num_heads must be a divisor of hidden_size=256")):
         assert main(["bench", *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_named_size_takes_the_modeling_configs(monkeypatch):
+    """`size="tiny"` measures `hope-tiny` beside `transformer-tiny` as they are (room made for the lengths)."""
+    built = []
+    monkeypatch.setattr("hope_hf.benchmark.build_model", lambda config: built.append(build_model(config)) or built[-1])
+    result = run_bench(models=("hope",), size="tiny", lengths=(16,), tokens_per_step=16, repeats=1, warmup=0,
+                       parts=("train",), gradient_checkpointing=True, matmul_size=64)
+    for name, config_name in (("hope", "hope-tiny"), (REFERENCE, "transformer-tiny")):
+        expected = load_config(config_name).to_diff_dict()
+        got = result["models"][name]["config"]
+        assert {k: v for k, v in got.items() if k != "max_position_embeddings"} == {
+            k: v for k, v in expected.items() if k != "max_position_embeddings"}
+        assert got.get("max_position_embeddings", 4096) >= 16 + 1024
+    assert all(model.is_activation_checkpointing for model in built) and result["gradient_checkpointing"]

@@ -42,7 +42,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedConfig
 from .baselines import count_parameters, matched_llama_config
 from .configuration_hope import HopeConfig
 from .flops import forward_flops, training_flops
-from .model_configs import CONFIG_DIR
+from .model_configs import CONFIG_DIR, load_config
 from .modeling_hope import HopeForCausalLM
 
 #: The reference every ratio is taken against.
@@ -51,10 +51,6 @@ REFERENCE = "llama"
 FAMILIES = ("hope", "hope-attention", "titans", "hope-gd", "hope-no-cms")
 #: What a run can measure.
 PARTS = ("train", "infer", "decode", "memory")
-#: Fields of a family's JSON that the bench shape replaces.
-SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "num_key_value_heads",
-                "max_position_embeddings")
-
 
 # ------------------------------------------------------------------------------------------------------------
 # the models
@@ -109,6 +105,18 @@ def bench_configs(families: Sequence[str], *, hidden_size: int = 256, layers: in
     target = _meta_parameters(reference)
     configs = {family: family_config(family, **shape, parameters=target) for family in families}
     configs[REFERENCE] = matched_llama_config(reference, max_position_embeddings=max_position_embeddings)
+    return configs
+
+
+def named_configs(families: Sequence[str], size: str, max_position_embeddings: int) -> dict[str, PreTrainedConfig]:
+    """The named configurations `<family>-<size>` of `modeling_configs/` and `transformer-<size>` as the Llama
+    (their parameter counts are matched where they are made), with room for `max_position_embeddings`."""
+    names = {family: f"{family}-{size}" for family in families} | {REFERENCE: f"transformer-{size}"}
+    configs = {}
+    for name, config_name in names.items():
+        config = load_config(config_name)
+        config.max_position_embeddings = max(config.max_position_embeddings, max_position_embeddings)
+        configs[name] = config
     return configs
 
 
@@ -339,11 +347,12 @@ def run_bench(
     *,
     models: Sequence[str] = ("hope", "hope-attention", "titans"),
     lengths: Sequence[int] = (512, 2048, 8192),
+    size: str | None = None,
     hidden_size: int = 256,
     layers: int = 4,
     heads: int = 4,
     vocab_size: int = 8192,
-    tokens_per_step: int = 8192,
+    tokens_per_step: int = 2048,
     repeats: int = 3,
     warmup: int = 1,
     decode_steps: int = 16,
@@ -351,9 +360,14 @@ def run_bench(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     matmul_size: int | None = None,
+    gradient_checkpointing: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Measure `models` and a same-size Llama at `lengths` (see the module docstring).
+
+    `size` (e.g. `"340m"`) takes the named configurations `<family>-<size>` and `transformer-<size>` instead of
+    the bench shape (`hidden_size`, `layers`, `heads`, `vocab_size`). `gradient_checkpointing` turns it on in
+    every model (per block; training steps only).
 
     Returns:
         {"machine", "torch", "device", "dtype", "matmul_peak_flops", "peak_memory", "models": {name: {"parameters",
@@ -374,9 +388,15 @@ def run_bench(
     families = [m for m in dict.fromkeys(models) if m != REFERENCE]
     device = torch.device(device)
     torch.manual_seed(0)
-    configs = bench_configs(families, hidden_size=hidden_size, layers=layers, heads=heads, vocab_size=vocab_size,
-                            max_position_embeddings=max(lengths) + 1024)
+    if size is None:
+        configs = bench_configs(families, hidden_size=hidden_size, layers=layers, heads=heads, vocab_size=vocab_size,
+                                max_position_embeddings=max(lengths) + 1024)
+    else:
+        configs = named_configs(families, size, max(lengths) + 1024)
     subjects = [Subject(name, config, build_model(config).to(device)) for name, config in configs.items()]
+    if gradient_checkpointing:
+        for s in subjects:
+            s.model.activation_checkpointing_enable()
     for s in subjects:
         log(f"{s.name:15s} {count_parameters(s.model):>12,} parameters")
     peak = matmul_peak(device, dtype, matmul_size)
@@ -384,7 +404,8 @@ def run_bench(
 
     rows = {(s.name, n): {"model": s.name, "length": n, "batch": batch_for(n, tokens_per_step)}
             for n in lengths for s in subjects}
-    inputs = {n: torch.randint(0, vocab_size, (batch_for(n, tokens_per_step), n), device=device) for n in lengths}
+    vocab = min(s.config.vocab_size for s in subjects)
+    inputs = {n: torch.randint(0, vocab, (batch_for(n, tokens_per_step), n), device=device) for n in lengths}
     for n in lengths:
         ids, tokens = inputs[n], inputs[n].numel()
         for part, make in (("train", training_step), ("infer", inference_step)):
@@ -427,7 +448,8 @@ def run_bench(
     return {
         "machine": machine_description(device), "torch": torch.__version__, "device": device.type,
         "dtype": str(dtype).removeprefix("torch."), "tokens_per_step": tokens_per_step, "repeats": repeats,
-        "warmup": warmup, "decode_steps": decode_steps, "matmul_peak_flops": peak, "peak_memory": memory,
+        "warmup": warmup, "decode_steps": decode_steps, "gradient_checkpointing": gradient_checkpointing,
+        "matmul_peak_flops": peak, "peak_memory": memory,
         "models": {s.name: {"parameters": count_parameters(s.model), "config": s.config.to_diff_dict()}
                    for s in subjects},
         "rows": list(rows.values()),
@@ -490,4 +512,5 @@ def machine_description(device: str | torch.device) -> str:
 
 
 __all__ = ["FAMILIES", "PARTS", "REFERENCE", "bench_configs", "cache_bytes", "family_config", "markdown_table",
-           "matmul_peak", "measure_decode", "run_bench", "step_peak_mib", "summary", "time_round_robin"]
+           "matmul_peak", "measure_decode", "named_configs", "run_bench", "step_peak_mib", "summary",
+           "time_round_robin"]

@@ -250,17 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="families to measure (switches of modeling_configs/<family>-tiny.json at the bench "
                             "shape, CMS widths set to hope's parameter count); the Llama is always measured")
     bench.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths T")
+    bench.add_argument("--size", default=None, choices=("tiny", "340m", "760m", "1.3b"),
+                       help="take the named configurations <family>-<size> and transformer-<size> of "
+                            "modeling_configs/ instead of the bench shape below (a GPU job above tiny)")
     bench.add_argument("--hidden-size", type=int, default=256)
     bench.add_argument("--layers", type=int, default=4)
     bench.add_argument("--heads", type=int, default=4)
     bench.add_argument("--vocab-size", type=int, default=8192)
-    bench.add_argument("--tokens-per-step", type=int, default=8192,
+    bench.add_argument("--tokens-per-step", type=int, default=2048,
                        help="tokens of every training / inference step (batch = this // T, at least 1)")
     bench.add_argument("--repeats", type=int, default=3, help="timed steps per cell (the median is reported)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed steps per cell first")
     bench.add_argument("--decode-steps", type=int, default=16, help="timed one-token decoding steps per cell")
     bench.add_argument("--parts", nargs="+", default=["train", "infer", "decode", "memory"],
                        choices=("train", "infer", "decode", "memory"), help="what to measure")
+    bench.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute each block in the backward (all models; changes the training peaks)")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     bench.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                        help="float32, or bfloat16 autocast (the memories' state stays float32); default "
@@ -721,7 +726,8 @@ def bench_command(args: argparse.Namespace) -> int:
         raise CliError(f"--device {device}: CUDA is not available")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     try:
-        result = run_bench(models=args.models, lengths=args.lengths, hidden_size=args.hidden_size, layers=args.layers,
+        result = run_bench(models=args.models, lengths=args.lengths, size=args.size, hidden_size=args.hidden_size,
+                           layers=args.layers, gradient_checkpointing=args.gradient_checkpointing,
                            heads=args.heads, vocab_size=args.vocab_size, tokens_per_step=args.tokens_per_step,
                            repeats=args.repeats, warmup=args.warmup, decode_steps=args.decode_steps,
                            parts=args.parts, device=device, dtype=dtype, log=lambda line: print(line, flush=True))
