@@ -3,14 +3,18 @@ the training forward/backward, the inference forward and a cached decoding step,
 
 Backend `aot_eager` (AOT autograd tracing, eager kernels) keeps it fast on CPU while still tracing the backward.
 A padded batch is the one path that breaks the graph; `test_padded_forward_graph_breaks_are_the_known_ones`
-pins the exact breaks so that removing one (or adding one) shows up here.
+pins the exact breaks so that removing one (or adding one) shows up here. The eager forward reads tensor values
+on the host (a host-device sync on CUDA) only in the token-id range check: pinned likewise.
 """
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 import torch
 import torch._dynamo
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hope_hf import HopeConfig, HopeForCausalLM
 
@@ -103,3 +107,40 @@ def test_padded_forward_graph_breaks_are_the_known_ones(tiny_kwargs, mixer):
         explanation = torch._dynamo.explain(logits)(ids, mask)
     breaks = {reason.user_stack[-1].line.strip() for reason in explanation.break_reasons}
     assert breaks == KNOWN_PADDED_BREAKS[mixer]
+
+
+class HostReads(TorchDispatchMode):
+    """Records the source line (in hope_hf) of every op that copies a tensor's value to the host: `.item()`,
+    `int(t)`, `bool(t)`, `.tolist()` (all `aten._local_scalar_dense`), `torch.equal` and `nonzero`. On CUDA each is
+    a host-device synchronisation."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default) or "nonzero" in str(func):
+            ours = [f for f in traceback.extract_stack() if "hope_hf" in f.filename]
+            self.lines.append(ours[-1].line.strip() if ours else str(func))
+        return func(*args, **(kwargs or {}))
+
+
+#: The one host read of an unpadded eager forward: the token-id range check (skipped while compiling).
+TOKEN_ID_CHECK = "low, high = int(input_ids.min()), int(input_ids.max())"
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_eager_forward_reads_the_host_only_to_check_token_ids(tiny_kwargs, mixer):
+    """Training step, cached prefill and two decoding steps: two host reads each (min and max of the ids)."""
+    model = tiny_model(tiny_kwargs, mixer)
+    ids = torch.randint(3, 99, (2, LENGTH))
+    calls = {"training": lambda: model(input_ids=ids, labels=ids, use_cache=False).loss.backward()}
+    with torch.no_grad():
+        cache = model(input_ids=ids[:, :3]).past_key_values
+    calls["prefill"] = lambda: model(input_ids=ids)
+    calls["decode 1"] = lambda: model(input_ids=ids[:, 3:4], past_key_values=cache)
+    calls["decode 2"] = lambda: model(input_ids=ids[:, 4:5], past_key_values=cache)
+    for name, call in calls.items():
+        with HostReads() as reads:
+            call()
+        assert reads.lines == [TOKEN_ID_CHECK] * 2, (name, reads.lines)

@@ -233,8 +233,8 @@ def cache_bytes(cache) -> int:
     return sum(seen.values())
 
 
-def _status_mib(key: str) -> float:
-    with open("/proc/self/status") as f:
+def _status_mib(key: str, path: str = "/proc/self/status") -> float:
+    with open(path) as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
@@ -292,6 +292,47 @@ def step_peak_mib(step: Callable[[], None], subject: Subject, device: torch.devi
         step()
         growth = _status_mib("VmHWM") * 2**20 - before
     return (resident + max(growth, 0)) / 2**20
+
+
+def saved_activation_bytes(subject: Subject, ids: torch.Tensor, dtype: torch.dtype) -> int:
+    """Bytes that autograd keeps for the backward of a training forward on `ids` [B, T]: every distinct storage
+    packed by `torch.autograd.graph.saved_tensors_hooks`, parameters excluded.
+
+    Run in eval mode (same computation here: no dropout), so gradient checkpointing, which only acts in training
+    mode, does not hide what a block saves. The bulk of a training step's memory, and linear in the tokens for
+    every model here (chunk-wise memories, flash attention), so a short probe predicts a long step.
+    """
+    parameters = {p.untyped_storage().data_ptr() for p in subject.model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    training = subject.model.training
+    subject.model.eval()
+    try:
+        with torch.enable_grad(), _autocast(ids.device, dtype), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            subject.model(input_ids=ids, labels=ids, use_cache=False)
+    finally:
+        subject.model.train(training)
+    return sum(saved.values())
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory a step may still take: free CUDA memory, or the system's MemAvailable (Linux) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return int(_status_mib("MemAvailable", "/proc/meminfo") * 2**20)
+    except (OSError, KeyError):
+        return 2**62                                              # unknown: no guard
+
+
+#: A training step is skipped when its saved activations would take more than this share of the free memory.
+MEMORY_SHARE = 0.6
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -406,13 +447,34 @@ def run_bench(
             for n in lengths for s in subjects}
     vocab = min(s.config.vocab_size for s in subjects)
     inputs = {n: torch.randint(0, vocab, (batch_for(n, tokens_per_step), n), device=device) for n in lengths}
+    # saved activations per token, from a short forward: a training step that would not fit is skipped, not run
+    per_token = {}
+    if "train" in parts or "memory" in parts:
+        probe = inputs[min(lengths)][:1]
+        for s in subjects:
+            per_token[s.name] = saved_activation_bytes(s, probe, dtype) / probe.numel()
+            log(f"{s.name:15s} saved activations {per_token[s.name] * 1024 / 2**20:8.1f} MiB per 1K tokens")
+    trainable = {}
+    for n in lengths:
+        trainable[n] = []
+        for s in subjects:
+            need = per_token[s.name] * inputs[n].numel() if per_token else 0
+            if gradient_checkpointing:
+                need /= s.config.num_hidden_layers                # one block's activations at a time
+            if need > MEMORY_SHARE * available_bytes(device):
+                rows[s.name, n]["train_skipped"] = (f"needs ~{need / 2**30:.1f} GiB of saved activations, "
+                                                    f"{available_bytes(device) / 2**30:.1f} GiB free")
+                log(f"{s.name:15s} T={n:6d} train skipped: {rows[s.name, n]['train_skipped']}")
+            else:
+                trainable[n].append(s.name)
     for n in lengths:
         ids, tokens = inputs[n], inputs[n].numel()
         for part, make in (("train", training_step), ("infer", inference_step)):
             if part not in parts:
                 continue
-            seconds = time_round_robin({s.name: make(s, ids, dtype) for s in subjects}, repeats, warmup)
-            for s in subjects:
+            measured = [s for s in subjects if part == "infer" or s.name in trainable[n]]
+            seconds = time_round_robin({s.name: make(s, ids, dtype) for s in measured}, repeats, warmup)
+            for s in measured:
                 row = rows[s.name, n]
                 flops = (training_flops(s.config, *ids.shape) if part == "train"
                          else sum(forward_flops(s.config, *ids.shape, logits=1).values()))
@@ -435,23 +497,25 @@ def run_bench(
                           "CPU resident set (VmHWM), glibc returning freed blocks >= 64 KiB")
             for n in lengths if tracking else ():
                 for s in subjects:
+                    row = rows[s.name, n]
                     for part, make in (("train", training_step), ("infer", inference_step)):
-                        rows[s.name, n][f"{part}_peak_mib"] = step_peak_mib(make(s, inputs[n], dtype), s, device)
-                    log(f"{s.name:15s} T={n:6d} peak MiB: train {rows[s.name, n]['train_peak_mib']:.0f}, "
-                        f"inference {rows[s.name, n]['infer_peak_mib']:.0f}")
+                        if part == "infer" or s.name in trainable[n]:
+                            row[f"{part}_peak_mib"] = step_peak_mib(make(s, inputs[n], dtype), s, device)
+                    log(f"{s.name:15s} T={n:6d} peak MiB: train {row.get('train_peak_mib', float('nan')):.0f}, "
+                        f"inference {row['infer_peak_mib']:.0f}")
     for (name, n), row in rows.items():
         ref = rows[REFERENCE, n]
         for key, ratio in (("train_tokens_per_s", "train_ratio"), ("infer_tokens_per_s", "infer_ratio"),
                            ("decode_ms_per_token", "decode_ratio")):
-            if key in row:
+            if key in row and key in ref:
                 row[ratio] = row[key] / ref[key]
     return {
         "machine": machine_description(device), "torch": torch.__version__, "device": device.type,
         "dtype": str(dtype).removeprefix("torch."), "tokens_per_step": tokens_per_step, "repeats": repeats,
         "warmup": warmup, "decode_steps": decode_steps, "gradient_checkpointing": gradient_checkpointing,
         "matmul_peak_flops": peak, "peak_memory": memory,
-        "models": {s.name: {"parameters": count_parameters(s.model), "config": s.config.to_diff_dict()}
-                   for s in subjects},
+        "models": {s.name: {"parameters": count_parameters(s.model), "config": s.config.to_diff_dict(),
+                            "saved_activation_bytes_per_token": per_token.get(s.name)} for s in subjects},
         "rows": list(rows.values()),
     }
 
@@ -462,7 +526,7 @@ def run_bench(
 
 def _cell(row: dict, key: str, fmt: str, ratio: str | None = None) -> str:
     if key not in row:
-        return "–"
+        return "skipped (memory)" if key.startswith("train") and "train_skipped" in row else "–"
     text = format(row[key], fmt)
     return f"{text} ({row[ratio]:.2f}x)" if ratio and ratio in row else text
 
@@ -493,6 +557,12 @@ def summary(result: dict) -> str:
              f"tokens per step: {result['tokens_per_step']} (batch = that // T, at least 1); medians of "
              f"{result['repeats']} steps after {result['warmup']} warm-up, {result['decode_steps']} decoding steps",
              f"peak memory: {result['peak_memory'] or 'not measured'}"]
+    saved = [f"{name} {m['saved_activation_bytes_per_token'] * 1024 / 2**20:.0f}" for name, m in result["models"].items()
+             if m.get("saved_activation_bytes_per_token")]
+    if saved:
+        lines.append(f"saved activations of a training step, MiB per 1K tokens: {', '.join(saved)}")
+    lines += [f"{r['model']} at {r['length']}: training skipped, {r['train_skipped']}" for r in result["rows"]
+              if "train_skipped" in r]
     rows = [r for r in result["rows"] if "decode_ms_per_token" in r]
     lengths = sorted({r["length"] for r in rows})
     if len(lengths) > 1:
@@ -511,6 +581,6 @@ def machine_description(device: str | torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, cpu"
 
 
-__all__ = ["FAMILIES", "PARTS", "REFERENCE", "bench_configs", "cache_bytes", "family_config", "markdown_table",
-           "matmul_peak", "measure_decode", "named_configs", "run_bench", "step_peak_mib", "summary",
+__all__ = ["FAMILIES", "MEMORY_SHARE", "PARTS", "REFERENCE", "available_bytes", "bench_configs", "cache_bytes", "family_config", "markdown_table",
+           "matmul_peak", "measure_decode", "named_configs", "run_bench", "saved_activation_bytes", "step_peak_mib", "summary",
            "time_round_robin"]
