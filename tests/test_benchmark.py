@@ -154,3 +154,29 @@ def test_named_size_takes_the_modeling_configs(monkeypatch):
             k: v for k, v in expected.items() if k != "max_position_embeddings"}
         assert got.get("max_position_embeddings", 4096) >= 16 + 1024
     assert all(model.is_activation_checkpointing for model in built) and result["gradient_checkpointing"]
+
+
+def test_saved_activations_grow_with_the_tokens_and_exclude_parameters(tiny_kwargs):
+    from hope_hf import HopeConfig
+    from hope_hf.benchmark import saved_activation_bytes
+
+    config = HopeConfig(**tiny_kwargs(projection_chunk_size=4, memory_chunk_size=8))
+    subject = Subject("hope", config, build_model(config))
+    short, long = (saved_activation_bytes(subject, torch.randint(3, 99, (1, n)), torch.float32) for n in (16, 32))
+    assert 1.8 < long / short < 2.2                                         # about linear in the tokens
+    assert subject.model.training                                           # mode restored
+    ids = torch.randint(3, 99, (1, 16))
+    params = sum(p.numel() * 4 for p in subject.model.parameters())
+    assert short < 100 * params and saved_activation_bytes(subject, ids[:, :8], torch.float32) < short
+
+
+def test_a_training_step_that_would_not_fit_is_skipped_and_said(monkeypatch):
+    """With (pretend) 1 KiB free, every training step is skipped before it runs; inference still runs."""
+    monkeypatch.setattr("hope_hf.benchmark.available_bytes", lambda device: 1024)
+    result = run_bench(models=("hope",), lengths=(16,), tokens_per_step=16, repeats=1, warmup=0, decode_steps=1,
+                       parts=("train", "infer"), matmul_size=64, **SHAPE)
+    for row in result["rows"]:
+        assert "train_tokens_per_s" not in row and row["infer_tokens_per_s"] > 0
+        assert row["train_skipped"].startswith("needs ~0.0 GiB of saved activations, 0.0 GiB free")
+    assert "skipped (memory)" in markdown_table(result)
+    assert "hope at 16: training skipped, needs" in summary(result)

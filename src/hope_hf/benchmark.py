@@ -241,6 +241,12 @@ def _status_mib(key: str, path: str = "/proc/self/status") -> float:
     raise KeyError(key)
 
 
+def _malloc_trim() -> None:
+    """Hand glibc's free heap memory back to the system (`malloc_trim(0)`; nothing where there is no glibc)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 @contextlib.contextmanager
 def cpu_memory_tracking():
     """Inside: the process's resident set follows the live tensors (Linux, glibc), so the peak resident set of a
@@ -286,6 +292,7 @@ def step_peak_mib(step: Callable[[], None], subject: Subject, device: torch.devi
         step()
         growth = torch.cuda.max_memory_allocated(device) - before
     else:
+        _malloc_trim()                  # free heap chunks left by earlier steps would hide this step's growth
         before = _status_mib("VmRSS") * 2**20
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                                          # VmHWM := VmRSS
