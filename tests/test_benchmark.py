@@ -4,6 +4,8 @@ asserted (a shared CPU); what is asserted is what each figure is made of."""
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 from transformers import LlamaConfig
@@ -99,7 +101,10 @@ def test_step_peak_counts_parameters_optimizer_state_and_the_step_growth():
 
 def test_rows_hold_every_part_and_consistent_derived_figures(tiny_run):
     assert list(tiny_run["models"]) == ["hope", "titans", REFERENCE]
-    assert tiny_run["peak_memory"] and tiny_run["matmul_peak_flops"] > 0
+    assert tiny_run["peak_memory"] and tiny_run["matmul_peak_flops_alone"] > 0
+    # the peak's matmul took a turn in each of the 4 timed round robins (2 lengths × training, inference)
+    assert len(tiny_run["matmul_peak_flops_by_round"]) == 4
+    assert tiny_run["matmul_peak_flops"] == statistics.median(tiny_run["matmul_peak_flops_by_round"])
     configs = {name: m["config"] for name, m in tiny_run["models"].items()}
     rows = {(r["model"], r["length"]): r for r in tiny_run["rows"]}
     assert {(n, r["batch"]) for (_, n), r in rows.items()} == {(8, 2), (40, 1)}    # 16 tokens per step, at least 1
