@@ -118,7 +118,11 @@ def test_rows_hold_every_part_and_consistent_derived_figures(tiny_run):
             training_flops(bench[name], batch, length) / tokens * row["train_tokens_per_s"])
         assert row["infer_flops_per_s"] == pytest.approx(
             sum(forward_flops(bench[name], batch, length, logits=1).values()) / tokens * row["infer_tokens_per_s"])
-        assert row["train_peak_fraction"] == pytest.approx(row["train_flops_per_s"] / tiny_run["matmul_peak_flops"])
+        # fraction of peak: against the matmul that took its turn in the same round (one per length and part)
+        assert row["train_matmul_flops_per_s"] in tiny_run["matmul_peak_flops_by_round"]
+        assert row["train_matmul_flops_per_s"] != row["infer_matmul_flops_per_s"]
+        assert row["train_matmul_flops_per_s"] == ref["train_matmul_flops_per_s"]
+        assert row["train_peak_fraction"] == pytest.approx(row["train_flops_per_s"] / row["train_matmul_flops_per_s"])
         assert row["train_ratio"] == pytest.approx(row["train_tokens_per_s"] / ref["train_tokens_per_s"])
         assert row["decode_ratio"] == pytest.approx(row["decode_ms_per_token"] / ref["decode_ms_per_token"])
         assert row["train_peak_mib"] > 0 and row["infer_peak_mib"] > 0

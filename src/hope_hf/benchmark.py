@@ -10,7 +10,8 @@ For every model and sequence length T it measures
     multiplication peak measured on the same machine in the same run (`matmul_step`).
 Times are medians of `repeats` steps after `warmup` steps. The models take their turns round robin (one
 step each, then the next round; the peak's matmul takes a turn in every training and inference round and
-the peak is its median rate), so a change of load on a shared machine hits all of them alike; the
+a step's fraction of peak is taken against the matmul of its own round), so a change of load on a shared
+machine hits all of them alike; the
 decoding steps go round robin over every (model, context) cell. Every length runs the same number of
 tokens per step (`tokens_per_step`): batch = tokens_per_step // T, at least 1 (so a length longer than
 `tokens_per_step` runs more tokens per step; the table prints the batch).
@@ -429,9 +430,9 @@ def run_bench(
         {"machine", "torch", "device", "dtype", "matmul_peak_flops", "peak_memory", "models": {name: {"parameters",
         "config"}}, "rows": one dict per (model, length)}. A row holds `model`, `length`, `batch`,
         `train_tokens_per_s`, `infer_tokens_per_s`, `decode_ms_per_token`, `cache_mib`, `train_peak_mib`,
-        `infer_peak_mib`, `train_flops_per_s`, `infer_flops_per_s`, their `*_peak_fraction`, and the
-        ratios to the Llama at that length (`train_ratio`, `infer_ratio`, `decode_ratio`), for the parts
-        measured.
+        `infer_peak_mib`, `train_flops_per_s`, `infer_flops_per_s`, their `*_peak_fraction` against the
+        `*_matmul_flops_per_s` of the same round, and the ratios to the Llama at that length (`train_ratio`,
+        `infer_ratio`, `decode_ratio`), for the parts measured; `train_skipped` says why training was not run.
     """
     log = log or (lambda message: None)
     unknown = [p for p in parts if p not in PARTS]
@@ -456,7 +457,7 @@ def run_bench(
     for s in subjects:
         log(f"{s.name:15s} {count_parameters(s.model):>12,} parameters")
     # the matmul takes a turn in every training / inference round too, so the peak is measured under the load
-    # the models see; its median over the rounds is the peak of the report
+    # the models see: each step's fraction of peak is against its own round's matmul
     gemm, gemm_flops = matmul_step(device, dtype, matmul_size)
     alone = gemm_flops / time_round_robin({MATMUL: gemm}, 5, warmup=1)[MATMUL]
     log(f"matmul peak ({dtype}, {device.type}), alone: {alone / 1e9:.1f} GFLOP/s")
@@ -503,11 +504,9 @@ def run_bench(
                 row[f"{part}_flops_per_s"] = flops / seconds[s.name]
                 log(f"{s.name:15s} T={n:6d} {part:5s} {row[f'{part}_tokens_per_s']:10.0f} tok/s "
                     f"{row[f'{part}_flops_per_s'] / 1e9:7.2f} GFLOP/s (matmul: {round_peaks[-1] / 1e9:.1f})")
+                row[f"{part}_matmul_flops_per_s"] = round_peaks[-1]
+                row[f"{part}_peak_fraction"] = row[f"{part}_flops_per_s"] / round_peaks[-1]
     peak = statistics.median(round_peaks) if round_peaks else alone
-    for row in rows.values():
-        for part in ("train", "infer"):
-            if f"{part}_flops_per_s" in row:
-                row[f"{part}_peak_fraction"] = row[f"{part}_flops_per_s"] / peak
     if "decode" in parts:
         for (name, n), cell in measure_decode(subjects, lengths, decode_steps, warmup, device, dtype).items():
             rows[name, n].update(cell)
@@ -579,8 +578,9 @@ def summary(result: dict) -> str:
     """The header of the report: machine, peak, parameters, and how decoding latency grows with the context."""
     params = ", ".join(f"{name} {m['parameters']:,}" for name, m in result["models"].items())
     lines = [f"machine: {result['machine']}; torch {result['torch']}; {result['dtype']}",
-             f"matmul peak: {result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s (median over the timed rounds; "
-             f"{result['matmul_peak_flops_alone'] / 1e9:.1f} alone at the start); parameters: {params}",
+             f"matmul peak: {result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s (median over the timed rounds, each step's "
+             f"% of peak is against its own round; {result['matmul_peak_flops_alone'] / 1e9:.1f} alone at the start); "
+             f"parameters: {params}",
              f"tokens per step: {result['tokens_per_step']} (batch = that // T, at least 1); medians of "
              f"{result['repeats']} steps after {result['warmup']} warm-up, {result['decode_steps']} decoding steps",
              f"peak memory: {result['peak_memory'] or 'not measured'}"]
