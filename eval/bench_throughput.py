@@ -1,17 +1,18 @@
-"""Training and inference throughput of Hope beside a same-size Llama, measured in one run.
+"""Training and inference throughput of Hope, Hope-Attention and Titans beside a same-size Llama.
 
-Prints tokens/s for each model and sequence length, and Hope / Llama as ratios (medians of repeated
-steps after warm-up). The measuring code is `hope_hf.benchmark`; `hope-hf bench` takes the same options.
+A thin wrapper: `hope-hf bench --parts train infer memory ...` (the full report, with decoding, is
+`hope-hf bench`; the code and what each figure means are in `src/hope_hf/benchmark.py`). Any option of
+`hope-hf bench` may follow, e.g. `--lengths`, `--tokens-per-step`, `--repeats`, `--models`, `--json`.
 
-CPU smoke (a few minutes on 2 cores):
-    .venv/bin/python eval/bench_throughput.py --lengths 512 2048 --repeats 3
+CPU smoke (a minute on 2 cores):
+    .venv/bin/python eval/bench_throughput.py --lengths 128 256 --tokens-per-step 256 --repeats 2
 """
 
 from __future__ import annotations
 
 import sys
 
-from hope_hf.cli import main
+from hope_hf.cli import bench_script
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", *sys.argv[1:]]))
+    sys.exit(bench_script(sys.argv[1:], ["train", "infer", "memory"]))

@@ -74,7 +74,7 @@ def test_help_explains_every_command(capsys):
                   "--gradient-checkpointing", "--output-dir", "--resume", "--overwrite", "--tokenizer", "accelerate"),
         "eval": ("--tasks", "perplexity", "--data", "--block-size"),
         "generate": ("--prompt", "--max-new-tokens", "--temperature"),
-        "bench": ("--lengths", "--repeats", "--json"),
+        "bench": ("--lengths", "--repeats", "--json", "--models", "--tokens-per-step", "--parts", "--dtype"),
     }
     for command, options in expected.items():
         with pytest.raises(SystemExit):
@@ -213,15 +213,21 @@ def test_two_process_ddp_takes_the_steps_of_one_process_with_twice_the_batch(fil
     assert steps == [one["global_step"]] * 2
 
 
-def test_bench_measures_both_models(tmp_path, one_thread):
+def test_bench_writes_one_report(tmp_path, one_thread, capsys):
+    """`hope-hf bench` measures every part for the models asked and the Llama, prints the table, writes the JSON."""
     out = tmp_path / "bench.json"
     assert main(["--threads", "1", "bench", "--hidden-size", "32", "--layers", "1", "--heads", "2", "--vocab-size",
-                 "99", "--lengths", "16", "--repeats", "1", "--warmup", "0", "--mixers", "attention",
-                 "--json", str(out)]) == 0
-    (row,) = json.loads(out.read_text())["rows"]
-    assert row["model"] == "hope-attention" and row["length"] == 16
-    assert row["hope_train_tokens_per_s"] > 0 and row["llama_infer_tokens_per_s"] > 0
-    assert row["train_ratio"] == pytest.approx(row["hope_train_tokens_per_s"] / row["llama_train_tokens_per_s"])
+                 "99", "--lengths", "8", "16", "--tokens-per-step", "16", "--repeats", "1", "--warmup", "0",
+                 "--decode-steps", "2", "--models", "hope-attention", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| hope-attention | 16 | 1 |" in printed and "matmul peak" in printed
+    result = json.loads(out.read_text())
+    assert list(result["models"]) == ["hope-attention", "llama"]
+    assert {(r["model"], r["length"], r["batch"]) for r in result["rows"]} == {
+        ("hope-attention", 8, 2), ("hope-attention", 16, 1), ("llama", 8, 2), ("llama", 16, 1)}
+    for row in result["rows"]:
+        assert row["train_tokens_per_s"] > 0 and row["decode_ms_per_token"] > 0 and row["train_peak_mib"] > 0
+        assert 0 < row["train_peak_fraction"] < 1
 
 
 def test_eval_runs_the_long_context_suite_into_one_report(files, tmp_path, one_thread):

@@ -5,7 +5,7 @@
     accelerate launch --num_processes 2 -m hope_hf.cli train --config hope-tiny ...  # DDP, same command
     hope-hf eval runs/hope-tiny --data embedded                                     # held-out perplexity
     hope-hf generate runs/hope-tiny --prompt "Return the number of"                 # streamed text
-    hope-hf bench --lengths 512 2048                                                # tokens/s vs a Llama
+    hope-hf bench --lengths 512 2048                        # speed, memory, FLOP/s vs a same-size Llama
 
 Bad input (a missing data file, an unknown config name, an empty dataset, a block longer than the model's
 limit, an output folder that holds another run, ...) ends with one `error: ...` line and exit status 2;
@@ -231,22 +231,45 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=generate_command)
 
     bench = commands.add_parser(
-        "bench", formatter_class=_HelpFormatter, help="tokens/s of Hope beside a same-size Llama",
-        description=_wrap("Training (forward + backward + AdamW) and inference tokens/s of Hope and of a Llama with "
-                    "the same width, depth, heads, vocabulary and parameter count, with Hope / Llama ratios "
-                    "(medians of --repeats steps after --warmup)."),
-        epilog="example:\n  hope-hf bench --lengths 512 2048 --repeats 3 --json bench.json")
+        "bench", formatter_class=_HelpFormatter,
+        help="speed, memory and FLOP/s of Hope, Hope-Attention, Titans and a same-size Llama",
+        description=_wrap("One report, measured in one run: training tokens/s (forward + backward + AdamW), "
+                          "inference tokens/s (forward, no cache), decode ms/token after a prompt of each length "
+                          "(cache on), peak memory of a training and an inference step, and achieved FLOP/s as a "
+                          "fraction of a matmul peak measured in the same run; ratios to a Llama with the same "
+                          "width, depth, heads, vocabulary and parameter count. Medians of --repeats steps after "
+                          "--warmup; the models take turns round robin. Every length runs --tokens-per-step "
+                          "tokens per step (batch = that // length, at least 1). The code and what each figure "
+                          "means: src/hope_hf/benchmark.py."),
+        epilog="examples:\n  hope-hf --threads 1 bench                                  # the full report (~15 min, 2 cores)"
+               "\n  hope-hf --threads 1 bench --lengths 512 2048 --json bench.json"
+               "\n  hope-hf bench --device cuda --dtype bfloat16 --lengths 512 2048 8192"
+               "\n  hope-hf bench --parts decode --lengths 512 2048 8192           # decoding only")
+    bench.add_argument("--models", nargs="+", default=["hope", "hope-attention", "titans"],
+                       choices=("hope", "hope-attention", "titans", "hope-gd", "hope-no-cms"),
+                       help="families to measure (switches of modeling_configs/<family>-tiny.json at the bench "
+                            "shape, CMS widths set to hope's parameter count); the Llama is always measured")
+    bench.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths T")
+    bench.add_argument("--size", default=None, choices=("tiny", "340m", "760m", "1.3b"),
+                       help="take the named configurations <family>-<size> and transformer-<size> of "
+                            "modeling_configs/ instead of the bench shape below (a GPU job above tiny)")
     bench.add_argument("--hidden-size", type=int, default=256)
     bench.add_argument("--layers", type=int, default=4)
     bench.add_argument("--heads", type=int, default=4)
     bench.add_argument("--vocab-size", type=int, default=8192)
-    bench.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
-    bench.add_argument("--batch-size", type=int, default=1)
-    bench.add_argument("--repeats", type=int, default=3)
-    bench.add_argument("--warmup", type=int, default=1)
-    bench.add_argument("--mixers", nargs="+", default=["self_modifying", "attention"],
-                       choices=("self_modifying", "attention"), help="Hope mixers to measure")
+    bench.add_argument("--tokens-per-step", type=int, default=2048,
+                       help="tokens of every training / inference step (batch = this // T, at least 1)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed steps per cell (the median is reported)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed steps per cell first")
+    bench.add_argument("--decode-steps", type=int, default=16, help="timed one-token decoding steps per cell")
+    bench.add_argument("--parts", nargs="+", default=["train", "infer", "decode", "memory"],
+                       choices=("train", "infer", "decode", "memory"), help="what to measure")
+    bench.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute each block in the backward (all models; changes the training peaks)")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    bench.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                       help="float32, or bfloat16 autocast (the memories' state stays float32); default "
+                            "bfloat16 on CUDA, float32 on CPU; the matmul peak is measured in it")
     bench.add_argument("--json", default=None, help="also write the results to this JSON file")
     bench.set_defaults(func=bench_command)
     return parser
@@ -688,26 +711,42 @@ def generate_command(args: argparse.Namespace) -> int:
 
 def bench_command(args: argparse.Namespace) -> int:
     """`hope-hf bench`: see the subcommand's help."""
-    _check_positive(args, "hidden_size", "layers", "heads", "vocab_size", "batch_size", "repeats")
+    _check_positive(args, "hidden_size", "layers", "heads", "vocab_size", "tokens_per_step", "repeats",
+                    "decode_steps")
+    if min(args.lengths) < 1:
+        raise CliError(f"--lengths must be >= 1, got {args.lengths}")
+    if args.warmup < 0:
+        raise CliError(f"--warmup must be >= 0, got {args.warmup}")
     import torch
 
-    from .benchmark import compare_with_llama, format_row, machine_description, markdown_table
+    from .benchmark import markdown_table, run_bench, summary
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError(f"--device {device}: CUDA is not available")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     try:
-        rows = compare_with_llama(hidden_size=args.hidden_size, layers=args.layers, heads=args.heads,
-                                  vocab_size=args.vocab_size, lengths=args.lengths, batch_size=args.batch_size,
-                                  repeats=args.repeats, warmup=args.warmup, mixers=args.mixers, device=device,
-                                  on_row=lambda row: print(format_row(row), flush=True))
+        result = run_bench(models=args.models, lengths=args.lengths, size=args.size, hidden_size=args.hidden_size,
+                           layers=args.layers, gradient_checkpointing=args.gradient_checkpointing,
+                           heads=args.heads, vocab_size=args.vocab_size, tokens_per_step=args.tokens_per_step,
+                           repeats=args.repeats, warmup=args.warmup, decode_steps=args.decode_steps,
+                           parts=args.parts, device=device, dtype=dtype, log=lambda line: print(line, flush=True))
     except ValueError as err:     # an invalid model shape (HopeConfig names the field)
         raise CliError(str(err)) from err
-    machine = machine_description(device)
-    print(f"\nmachine: {machine}; torch {torch.__version__}; params hope={rows[0]['hope_params']:,} "
-          f"llama={rows[0]['llama_params']:,}\n{markdown_table(rows)}", flush=True)
+    print(f"\n{summary(result)}\n{markdown_table(result)}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "args": vars(args) | {"func": None},
-                                               "rows": rows}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps(result | {"command": sys.argv}, indent=2, default=str))
     return 0
+
+
+def bench_script(argv: list[str], parts: list[str]) -> int:
+    """`hope-hf bench --parts PARTS ARGV` for the `eval/bench_*.py` wrappers; a `--threads N` anywhere in `argv` is
+    passed to `hope-hf` itself."""
+    argv, front = list(argv), []
+    if "--threads" in argv:
+        i = argv.index("--threads")
+        front, argv[i:i + 2] = argv[i:i + 2], []
+    return main([*front, "bench", "--parts", *parts, *argv])
 
 
 if __name__ == "__main__":
