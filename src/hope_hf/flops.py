@@ -13,7 +13,7 @@ Notation (as in `memory_ops.py`):
     M  memories of a layer (`mem` last)   p = M − 1 projection memories   n  tokens of one chunk (≤ C_o)
 
 Per chunk of n tokens and head, the memories' matmuls (`memory_ops._anchor_terms`, `_decay_matrices`,
-`_chunk_step`, DGD with momentum) cost, in multiply-adds,
+`chunk_state_update`, DGD with momentum) cost, in multiply-adds,
     anchor terms   (2p + 2 + 5M) · n·d·h     projection memories read x̃ (2 matmuls each), the read M_mem(q)
                                              (2), z = A⁰k (M), v̂ = M(v) (2M), B⁰σ(z) (M), B⁰ᵀe (M)
     decay matrices 2n³ + 2n²                 Γ·P and Γ·P(·, 0), twice (t and t − 1); momentum only
