@@ -156,3 +156,28 @@ def test_save_and_load_restore_buffers_and_counters(tmp_path):
 def test_bad_arguments_raise_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         HopeScheduleCallback(model_with_periods(), **kwargs)
+
+
+def test_optimizer_step_is_before_step_after():
+    """`optimizer_step` (the plain-loop shorthand) gives the same parameters and learning rates as the three calls."""
+    results = []
+    for shorthand in (False, True):
+        torch.manual_seed(0)
+        model = model_with_periods()
+        optimizer = torch.optim.SGD(build_param_groups(model), lr=0.1)
+        schedule = HopeScheduleCallback(model, level_lr_scale=(1.0, 0.5, 0.25))
+        for step in range(1, 6):
+            x = torch.randint(3, 99, (2, 8), generator=torch.Generator().manual_seed(step))
+            model(x, labels=x).loss.backward()
+            if shorthand:
+                schedule.optimizer_step(optimizer)
+            else:
+                schedule.before_optimizer_step(optimizer)
+                optimizer.step()
+                schedule.after_optimizer_step(optimizer)
+            optimizer.zero_grad()
+        results.append(([p.detach().clone() for p in model.parameters()], [g["lr"] for g in optimizer.param_groups],
+                        schedule.step))
+    (params_a, lrs_a, step_a), (params_b, lrs_b, step_b) = results
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b, strict=True))
+    assert lrs_a == lrs_b and step_a == step_b == 5

@@ -484,10 +484,9 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         if schedule is not None:
-            schedule.before_optimizer_step(optimizer)
-        optimizer.step()
-        if schedule is not None:
-            schedule.after_optimizer_step(optimizer)
+            schedule.optimizer_step(optimizer)
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

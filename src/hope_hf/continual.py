@@ -414,10 +414,9 @@ def learn_sequence(method: Method, tasks: Sequence[ClassificationTask], setting:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), setting.max_grad_norm)
             if schedule is not None:
-                schedule.before_optimizer_step(optimizer)
-            optimizer.step()
-            if schedule is not None:
-                schedule.after_optimizer_step(optimizer)
+                schedule.optimizer_step(optimizer)
+            else:
+                optimizer.step()
             losses.append(loss.item())
         if ewc is not None:
             ewc.consolidate(model, train)

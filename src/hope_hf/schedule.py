@@ -20,9 +20,7 @@ resume. From a plain loop:
     schedule = HopeScheduleCallback(model)
     for batch in data:
         model(**batch).loss.backward()
-        schedule.before_optimizer_step(optimizer)
-        optimizer.step()
-        schedule.after_optimizer_step(optimizer)
+        schedule.optimizer_step(optimizer)   # = before_optimizer_step, optimizer.step(), after_optimizer_step
         optimizer.zero_grad()
     schedule.save(folder)   # and schedule.load(folder) to resume; or state_dict() / load_state_dict()
 """
@@ -161,6 +159,13 @@ class HopeScheduleCallback(TrainerCallback):
             group["lr"] = lr
         self._saved_lrs = []
         self.step += 1
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """One optimiser step of a plain loop under the schedule: `before_optimizer_step`, `optimizer.step()`,
+        `after_optimizer_step` (call it where the loop would call `optimizer.step()`)."""
+        self.before_optimizer_step(optimizer)
+        optimizer.step()
+        self.after_optimizer_step(optimizer)
 
     def _scale_learning_rates(self, optimizer: torch.optim.Optimizer) -> None:
         for index, group in enumerate(optimizer.param_groups):
