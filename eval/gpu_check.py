@@ -23,9 +23,6 @@ from hope_hf.baselines import count_parameters, matched_llama_config
 from hope_hf.model_configs import available_configs, load_config
 
 
-IMPLEMENTATION = "chunk"
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
@@ -130,10 +127,10 @@ def implementations(batch: int, length: int) -> list[dict]:
     return rows
 
 
-def build(name_or_config):
+def build(name_or_config, implementation: str = "chunk"):
     config = load_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
     if config.model_type == "hope":
-        config.memory_implementation = IMPLEMENTATION
+        config.memory_implementation = implementation
     if config.model_type == "llama":
         return LlamaForCausalLM(config).cuda(), config.vocab_size
     return HopeForCausalLM(config).cuda(), config.vocab_size
@@ -148,8 +145,6 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=["correctness", "implementations", "throughput"])
     parser.add_argument("--implementation", default="chunk", help="memory_implementation for the throughput rows")
     args = parser.parse_args()
-    global IMPLEMENTATION
-    IMPLEMENTATION = args.implementation
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if "correctness" in args.sections:
         report["correctness"] = correctness("cuda")
@@ -168,7 +163,7 @@ def main() -> None:
             name = f"{family}-{size}"
             if name not in names:
                 continue
-            model, vocab = build(name)
+            model, vocab = build(name, args.implementation)
             for batch in args.batches:
                 row = {"model": name, "params": count_parameters(model), **train_throughput(model, batch, 512, vocab)}
                 rows.append(row)
@@ -177,7 +172,7 @@ def main() -> None:
             torch.cuda.empty_cache()
     bench = HopeConfig(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_heads=4)
     for label, config in (("hope-bench", bench), ("llama-bench", matched_llama_config(bench))):
-        model, vocab = build(config)
+        model, vocab = build(config, args.implementation)
         for length in args.bench_lengths:
             row = {"model": label, "params": count_parameters(model),
                    **train_throughput(model, max(1, 8192 // length), length, vocab, repeats=3, warmup=1)}
