@@ -79,13 +79,18 @@ def test_llama_forward_matches_flop_counter():
 
 
 def test_memory_count_follows_the_chunks(tiny_kwargs):
-    """Chunks are cut at multiples of C_o: 8 tokens cost two 4-token chunks, and the cubic decay term of a
-    chunk makes 8 tokens in one chunk of 8 cost more than in two of 4."""
-    four = HopeConfig(**tiny_kwargs(projection_chunk_size=4, memory_chunk_size=8))
+    """Chunks are cut at multiples of the chunk sizes (C_o for the projection memories, C_m for the main one):
+    8 tokens cost two 4-token chunks, the cubic decay term of a chunk makes 8 tokens in one chunk of 8 cost more
+    than in two of 4, and the main memory's chunk alone changes the count."""
+    four = HopeConfig(**tiny_kwargs(projection_chunk_size=4, memory_chunk_size=4))
+    mixed = HopeConfig(**tiny_kwargs(projection_chunk_size=4, memory_chunk_size=8))
     eight = HopeConfig(**tiny_kwargs(projection_chunk_size=8, memory_chunk_size=8))
+    for config in (four, eight):
+        assert memory_flops(config, 1, 16)["memory_matmul"] == 2 * memory_flops(config, 1, 8)["memory_matmul"]
     assert memory_flops(four, 1, 8)["memory_matmul"] == 2 * memory_flops(four, 1, 4)["memory_matmul"]
     assert memory_flops(four, 3, 8)["memory_matmul"] == 3 * memory_flops(four, 1, 8)["memory_matmul"]
-    assert memory_flops(eight, 1, 8)["memory_matmul"] > memory_flops(four, 1, 8)["memory_matmul"]
+    assert (memory_flops(four, 1, 8)["memory_matmul"] < memory_flops(mixed, 1, 8)["memory_matmul"]
+            < memory_flops(eight, 1, 8)["memory_matmul"])
 
 
 @pytest.mark.parametrize("mixer", ["self_modifying", "attention"])

@@ -70,14 +70,15 @@ def test_model_with_memory_checkpointing_matches_plain_model():
 
 
 def test_compiled_chunk_matches_eager(monkeypatch):
-    """The compiled chunk step traces as ONE graph (`fullgraph=True`) and gives the eager values and gradients.
+    """The compiled chunk steps (projection and main memory) each trace as ONE graph (`fullgraph=True`) and gives the eager values and gradients.
 
     The suite compiles with the `aot_eager` backend (traces forward and backward like Inductor, no C++ build, a few
     seconds on CPU); `eval/gpu_check.py` checks the Inductor build on a GPU."""
     from hope_hf import memory_ops
 
-    compiled = torch.compile(memory_ops.chunk_state_update, backend="aot_eager", fullgraph=True, dynamic=False)
-    monkeypatch.setitem(memory_ops._COMPILED, "chunk_state_update", compiled)
+    for fn in (memory_ops.projection_chunk_update, memory_ops.main_chunk_update):
+        compiled = torch.compile(fn, backend="aot_eager", fullgraph=True, dynamic=False)
+        monkeypatch.setitem(memory_ops._COMPILED, fn.__name__, compiled)
     torch._dynamo.reset()
     rule = MemoryRule(HOPE, 4, 8)
     inputs, state = make_case(HOPE, t=10, dtype=torch.float32)

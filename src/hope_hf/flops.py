@@ -12,15 +12,18 @@ Notation (as in `memory_ops.py`):
     H  heads      d  head size    h  memory hidden width (memory_expansion · d)
     M  memories of a layer (`mem` last)   p = M − 1 projection memories   n  tokens of one chunk (≤ C_o)
 
-Per chunk of n tokens and head, the memories' matmuls (`memory_ops._anchor_terms`, `_decay_matrices`,
-`chunk_state_update`, DGD with momentum) cost, in multiply-adds,
-    anchor terms   (2p + 2 + 5M) · n·d·h     projection memories read x̃ (2 matmuls each), the read M_mem(q)
-                                             (2), z = A⁰k (M), v̂ = M(v) (2M), B⁰σ(z) (M), B⁰ᵀe (M)
+The memories run in two passes (`memory_ops.chunk_memory_update`): the p projection memories over chunks of
+C_o tokens, then the main memory over chunks of C_m. Per chunk of n tokens, head and pass over m memories
+(`_shared_rows_apply`, `_inner_gradients`, `_decay_matrices`, `_chunk_state_update`; DGD with momentum; a call
+from position 0, so every chunk starts at a boundary and its z = A⁰k is the delta rule's A_0 k), in multiply-adds:
+    rows           (projection pass) 2m·n·d·h: M(x̃) = x̃ + B σ(A x̃) for the m memories
+    inner terms    (2r + 1)·m·n·d·h          z = A⁰ rows, B⁰σ(z) for r rows per token (k, v; main pass: q, k, v),
+                                             then u = B⁰ᵀe
     decay matrices 2n³ + 2n²                 Γ·P and Γ·P(·, 0), twice (t and t − 1); momentum only
-    k kᵀ           n²·d
-    delta rhs      (1 + [momentum]) · M·n·d·h + M·n²·h      A k, S_A k and (G ⊙ kkᵀ) u; DGD only
-    solve          n(n − 1)/2 · M·h          unit lower-triangular, M·h right-hand sides; DGD only
-    state updates  (2 + 2·[momentum]) · M·n·d·h             A, B (and S_A, S_B) at the chunk end
+    k kᵀ           n²·d                      DGD only
+    delta rhs      [momentum]·m·n·d·h + m·n²·h               S_A k and (G ⊙ kkᵀ) u; DGD only
+    solve          n(n − 1)/2 · m·h          unit lower-triangular, m·h right-hand sides; DGD only
+    state updates  (2 + 2·[momentum]) · m·n·d·h             A, B (and S_A, S_B) at the chunk end
 `FlopCounterMode` (torch.utils.flop_counter) counts the matmuls exactly as here but has no formula for
 `linalg.solve_triangular`, and on CPU none for the fused attention kernel: `tests/test_flops.py` compares
 everything else with it, module by module.
@@ -60,21 +63,23 @@ def memory_flops(config: HopeConfig, batch: int, length: int) -> dict[str, int]:
         {"memory_matmul": FLOPs of the matmuls, "memory_solve": FLOPs of the triangular solves}.
     """
     H, d, h = config.num_heads, config.head_dim, config.memory_hidden_size
-    M = len(config.memory_names)
-    p = M - 1
+    p = len(config.memory_names) - 1
     delta, momentum = config.inner_optimizer == "dgd", config.inner_momentum
     matmul = solve = 0
-    for n in _chunk_lengths(length, config.projection_chunk_size):
-        ndh = n * d * h
-        macs = (2 * p + 2 + 5 * M) * ndh                     # _anchor_terms
-        if momentum:
-            macs += 2 * n**3 + 2 * n**2                     # _decay_matrices: G, G_prev, c, c_prev
-        macs += n * n * d                                   # k kᵀ
-        if delta:
-            macs += (1 + momentum) * M * ndh + M * n * n * h
-            solve += n * (n - 1) // 2 * M * h
-        macs += (2 + 2 * momentum) * M * ndh                # chunk-end A, B (S_A, S_B)
-        matmul += macs
+    passes = [(config.projection_chunk_size, p, 2, True), (config.memory_chunk_size, 1, 3, False)]
+    for chunk, m, rows, reads_x in passes:
+        if m == 0:
+            continue
+        for n in _chunk_lengths(length, chunk):
+            ndh = n * d * h
+            macs = (2 * m * ndh if reads_x else 0) + (2 * rows + 1) * m * ndh      # rows, inner terms
+            if momentum:
+                macs += 2 * n**3 + 2 * n**2                 # _decay_matrices: G, G_prev, c, c_prev
+            if delta:
+                macs += n * n * d + momentum * m * ndh + m * n * n * h
+                solve += n * (n - 1) // 2 * m * h
+            macs += (2 + 2 * momentum) * m * ndh            # chunk-end A, B (S_A, S_B)
+            matmul += macs
     return {"memory_matmul": 2 * batch * H * matmul, "memory_solve": 2 * batch * H * solve}
 
 

@@ -4,7 +4,9 @@ Two implementations of one recurrence (HOPE.md §3 and §8):
 
 * `naive_memory_update`: token by token, written like the equations. The test oracle.
 * `chunk_memory_update`: chunk-wise, no Python loop over tokens; the chunk-end state comes from the
-  WY/UT form of the gated delta rule (one unit-triangular solve per chunk, then matmuls).
+  WY/UT form of the gated delta rule (one unit-triangular solve per chunk, then matmuls). Two passes:
+  the projection memories over chunks of C_o (`projection_chunk_update`), then the main memory over
+  chunks of C_m (`main_chunk_update`).
 
 Notation (shapes are given in this order throughout):
     b  batch                     H  heads                 M  stacked memories (`mem` last)
@@ -194,7 +196,7 @@ def projections(memory_out: dict[str, torch.Tensor], inputs: MemoryInputs, rule:
 
     Args:
         memory_out: outputs M_□(x̃) [b, H, n, d] of the projection memories, by name.
-        inputs: the inputs of the block only (`_slice_tokens`).
+        inputs: the inputs of the block only (a piece of `_split_tokens`).
     Returns:
         q, k, v [b, H, n, d]; eta, log_alpha, log_beta, write [b, H, n] (`log_beta` is `None`
         without momentum; `write` is the mask as a float).
@@ -250,11 +252,60 @@ def _refresh_anchors(state: MemoryState, position: int, rule: MemoryRule) -> Mem
     return state
 
 
-def _anchor_terms(inputs: MemoryInputs, anchor_in: torch.Tensor, anchor_out: torch.Tensor, rule: MemoryRule):
-    """Everything a block of tokens computes with the anchor states (shared by both implementations).
+def _shared_rows_apply(rows: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor):
+    """Every memory of a stack applied to the same rows: z = A r, a = σ(z), M(r) = r + B a.
+
+    The first product runs as one matmul against all memories side by side (`[n, d] @ [d, m·h]`).
 
     Args:
-        inputs: the inputs of the block only (`_slice_tokens`); `x` is [b, H, n, d].
+        rows: [b, H, n, d] inputs shared by the memories.
+        w_in: [b, H, m, h, d] A.   w_out: [b, H, m, d, h] B.
+    Returns:
+        z, act [b, H, m, n, h]; M(rows) [b, H, m, n, d].
+    """
+    b, H, m, h, d = w_in.shape
+    n = rows.shape[-2]
+    z = (rows @ w_in.reshape(b, H, m * h, d).transpose(-1, -2)).view(b, H, n, m, h).transpose(2, 3)
+    act = F.silu(z)
+    return z, act, rows.unsqueeze(2) + act @ w_out.transpose(-1, -2)
+
+
+def _inner_gradients(k: torch.Tensor, v: torch.Tensor, anchor_in: torch.Tensor, anchor_out: torch.Tensor,
+                     rule: MemoryRule, q: torch.Tensor | None = None):
+    """The inner loss's terms of a block of tokens at the anchor states, for a stack of m memories (Eq. 84-86).
+
+    One pair of matmuls serves the rows k, v (and q, read by the main memory):
+        z = A⁰k, a = σ(z), e = M(k) − M(v) (the target v̂ = M(v)), u = (B⁰ᵀe) ⊙ σ'(z), e and u divided by the
+        curvature bound 1 + c with `rule.normalize_inner_step` (see the module docstring).
+
+    Args:
+        k, v (and q): [b, H, n, d].   anchor_in, anchor_out: A⁰ [b, H, m, h, d], B⁰ [b, H, m, d, h].
+    Returns:
+        read M(q) [b, H, m, n, d] (`None` without q); z = A⁰k and act [b, H, m, n, h]; e [b, H, m, n, d];
+        u [b, H, m, n, h].
+    """
+    rows = [k, v] if q is None else [q, k, v]
+    n = k.shape[-2]
+    z_all, act_all, out_all = _shared_rows_apply(torch.cat(rows, dim=-2), anchor_in, anchor_out)
+    zs, acts, outs = (t.split(n, dim=-2) for t in (z_all, act_all, out_all))
+    z, act = zs[-2], acts[-2]
+    e = outs[-2] - outs[-1]
+    slope = silu_derivative(z)
+    if rule.normalize_inner_step:
+        # Gauss-Newton curvature bound of the inner loss per token: ‖a‖² (along B) + ‖B⁰ diag(σ'(z))‖²_F (along A,
+        # unit k); dividing the error by 1 + it keeps the step along e below η (both ∇_B and ∇_A are linear in e)
+        column_norms = anchor_out.square().sum(-2).unsqueeze(-2)                 # Σ_i B⁰_ij²   [b, H, m, 1, h]
+        curvature = act.square().sum(-1, keepdim=True) + (slope.square() * column_norms).sum(-1, keepdim=True)
+        e = e / (1 + curvature)
+    u = (e @ anchor_out) * slope
+    return (outs[0] if q is not None else None), z, act, e, u
+
+
+def _anchor_terms(inputs: MemoryInputs, anchor_in: torch.Tensor, anchor_out: torch.Tensor, rule: MemoryRule):
+    """Everything a block of tokens computes with the anchor states of all M memories (the token-by-token paths).
+
+    Args:
+        inputs: the inputs of the block only (a piece of `_split_tokens`); `x` is [b, H, n, d].
         anchor_in, anchor_out: A⁰ [b, H, M, h, d] and B⁰ [b, H, M, d, h].
     Returns:
         o [b, H, n, d] the read; k [b, H, n, d]; eta, log_alpha, log_beta, write [b, H, n];
@@ -266,18 +317,7 @@ def _anchor_terms(inputs: MemoryInputs, anchor_in: torch.Tensor, anchor_out: tor
     memory_out = {name: outs[:, :, i] for i, name in enumerate(rule.names[:-1])}
     q, k, v, eta, log_alpha, log_beta, write = projections(memory_out, inputs, rule)
     o = memory_apply(q, anchor_in[:, :, -1], anchor_out[:, :, -1])
-    z = k.unsqueeze(2) @ anchor_in.transpose(-1, -2)
-    act = F.silu(z)
-    v_hat = memory_apply(v.unsqueeze(2), anchor_in, anchor_out)
-    e = k.unsqueeze(2) + act @ anchor_out.transpose(-1, -2) - v_hat
-    slope = silu_derivative(z)
-    if rule.normalize_inner_step:
-        # Gauss-Newton curvature bound of the inner loss per token: ‖a‖² (along B) + ‖B⁰ diag(σ'(z))‖²_F (along A,
-        # unit k); dividing the error by 1 + it keeps the step along e below η (both ∇_B and ∇_A are linear in e)
-        column_norms = anchor_out.square().sum(-2).unsqueeze(-2)                 # Σ_i B⁰_ij²   [b, H, M, 1, h]
-        curvature = act.square().sum(-1, keepdim=True) + (slope.square() * column_norms).sum(-1, keepdim=True)
-        e = e / (1 + curvature)
-    u = (e @ anchor_out) * slope
+    _, _, act, e, u = _inner_gradients(k, v, anchor_in, anchor_out, rule)
     return o, k, eta, log_alpha, log_beta, write, act, e, u
 
 
@@ -292,22 +332,23 @@ def naive_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRu
         o [b, H, t, d], the reads `M_mem(q_t)`; the state after the last token.
     """
     outputs = []
-    for t in range(inputs.x.shape[2]):
+    for token in _split_tokens(inputs, [1] * inputs.x.shape[2]):
         state = _refresh_anchors(state, state.position, rule)
-        o, state = _token_step(inputs, state, rule, t, state.position + 1)
+        o, state = _token_step(token, state, rule, state.position + 1)
         outputs.append(o)
     return torch.cat(outputs, dim=2), state
 
 
-def _token_step(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule, t: int, next_position
+def _token_step(token: MemoryInputs, state: MemoryState, rule: MemoryRule, next_position
                 ) -> tuple[torch.Tensor, MemoryState]:
-    """Read and update for token `t` of the call (anchors already refreshed): Eq. 56-57, 86-88 for one token.
+    """Read and update for one token (anchors already refreshed): Eq. 56-57, 86-88 for one token.
 
+    Args:
+        token: the inputs of that token only (`x` [b, H, 1, d]).
     Returns:
         o [b, H, 1, d]; the state after the token, with `position = next_position`.
     """
-    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(_slice_tokens(inputs, t, t + 1), state.anchor_in,
-                                                                     state.anchor_out, rule)
+    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(token, state.anchor_in, state.anchor_out, rule)
     # one token: drop the token axis; rates broadcast over memories and matrix entries
     k = k[:, :, 0, None, None, :]                     # [b, H, 1, 1, d], a row
     act, e, u = act[:, :, :, 0], e[:, :, :, 0], u[:, :, :, 0]
@@ -383,42 +424,45 @@ def _decay_matrices(log_alpha: torch.Tensor, eta: torch.Tensor, log_beta: torch.
             mom_ratio[..., -1, :], mom_from_start[..., -1])
 
 
-def chunk_state_update(inputs: MemoryInputs, anchor_in: torch.Tensor, anchor_out: torch.Tensor, w_in: torch.Tensor,
-                       w_out: torch.Tensor, mom_in: torch.Tensor | None, mom_out: torch.Tensor | None,
-                       rule: MemoryRule):
-    """The reads of a chunk and the state at its end, in closed form (tensors in, tensors out: `torch.compile`
-    compiles it once per chunk length).
+def _chunk_state_update(k: torch.Tensor, eta: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor | None,
+                        write: torch.Tensor, act: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
+                        start_k: torch.Tensor | None, w_in: torch.Tensor, w_out: torch.Tensor,
+                        mom_in: torch.Tensor | None, mom_out: torch.Tensor | None, rule: MemoryRule):
+    """The states of a stack of m memories at the end of a chunk, in closed form (HOPE.md §8).
 
     The delta terms ω_j = −η_j A_{j−1} k_j solve the unit lower-triangular system (UT transform)
         ω_j + η_j Σ_{i<j} Γ(j−1, i)(k_iᵀk_j) ω_i
             = −η_j [Γ(j−1, 0) A_0 k_j + c_{j−1} S_0 k_j − Σ_{s<j} G(j−1, s)(k_sᵀk_j) u_s].
 
     Args:
-        inputs: the chunk's tokens (`x` [b, H, c, d]); anchor_in/out: A⁰, B⁰; w_in/out: A, B at the chunk start;
-        mom_in/out: S_A, S_B at the chunk start (`None` without momentum). States [b, H, M, h, d] / [b, H, M, d, h].
+        k [b, H, c, d]; eta, log_alpha, write [b, H, c]; log_beta [b, H, c] or `None`; act, e, u: the inner
+        gradients' terms (`_inner_gradients`); start_k: A_0 k [b, H, m, c, h] when already computed (the anchor is
+        the chunk-start state, so it is the anchor's z), else `None`; w_in/out, mom_in/out: A, B, S_A, S_B at the
+        chunk start ([b, H, m, h, d] / [b, H, m, d, h]; momenta `None` without momentum).
     Returns:
-        o [b, H, c, d]; A, B, S_A, S_B at the chunk end.
+        A, B, S_A, S_B at the chunk end.
     """
-    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(inputs, anchor_in, anchor_out, rule)
     gamma, gamma_prev, G, G_prev, c, c_prev, decay0, decay0_prev, mom_decay, mom_decay0 = _decay_matrices(
         log_alpha, eta, log_beta, write)
-    kk = k @ k.transpose(-1, -2)                            # [b, H, c, c]
     k_ = k.unsqueeze(2)                                     # broadcast over memories
     G_last, gamma_last = G[..., -1, :, None].unsqueeze(2), gamma[..., -1, :, None].unsqueeze(2)
     decay_last = decay0[..., -1, None, None, None]           # Γ(C, 0) [b, H, 1, 1, 1]
-    written_in = -G_last * u                                # [b, H, M, c, h] coefficients of k_sᵀ
+    written_in = -G_last * u                                # [b, H, m, c, h] coefficients of k_sᵀ
     if rule.delta:
-        rhs = decay0_prev[:, :, None, :, None] * (k_ @ w_in.transpose(-1, -2))
+        kk = k @ k.transpose(-1, -2)                        # [b, H, c, c]
+        if start_k is None:
+            start_k = k_ @ w_in.transpose(-1, -2)
+        rhs = decay0_prev[:, :, None, :, None] * start_k
         if rule.momentum:
             rhs = rhs + c_prev[:, :, None, :, None] * (k_ @ mom_in.transpose(-1, -2))
         rhs = rhs - ((G_prev * kk).unsqueeze(2) @ u)
         rhs = -eta[:, :, None, :, None] * rhs
         system = torch.eye(kk.shape[-1], dtype=kk.dtype, device=kk.device) + eta.unsqueeze(-1) * gamma_prev * kk
-        # one solve for all memories: their right-hand sides side by side, [b, H, c, M·h]
-        b, H, M, n, h = rhs.shape
-        omega = torch.linalg.solve_triangular(system, rhs.permute(0, 1, 3, 2, 4).reshape(b, H, n, M * h),
+        # one solve for all memories: their right-hand sides side by side, [b, H, c, m·h]
+        b, H, m, n, h = rhs.shape
+        omega = torch.linalg.solve_triangular(system, rhs.permute(0, 1, 3, 2, 4).reshape(b, H, n, m * h),
                                               upper=False, unitriangular=True)
-        omega = omega.view(b, H, n, M, h).permute(0, 1, 3, 2, 4)
+        omega = omega.view(b, H, n, m, h).permute(0, 1, 3, 2, 4)
         written_in = written_in + gamma_last * omega
     # state-sized tensors dominate the cost: accumulate into the matmul output in place (no temporaries)
     w_in_new = (written_in.transpose(-1, -2) @ k_).addcmul_(decay_last, w_in)
@@ -431,71 +475,178 @@ def chunk_state_update(inputs: MemoryInputs, anchor_in: torch.Tensor, anchor_out
         mom_decay_last = mom_decay0[..., None, None, None]
         mom_in = ((step * u).transpose(-1, -2) @ k_).addcmul_(mom_decay_last, mom_in)
         mom_out = ((step * e).transpose(-1, -2) @ act).addcmul_(mom_decay_last, mom_out)
-    return o, w_in_new, w_out_new, mom_in, mom_out
+    return w_in_new, w_out_new, mom_in, mom_out
+
+
+def projection_chunk_update(chunk: MemoryInputs, anchor_in: torch.Tensor | None, anchor_out: torch.Tensor | None,
+                            w_in: torch.Tensor, w_out: torch.Tensor, mom_in: torch.Tensor | None,
+                            mom_out: torch.Tensor | None, rule: MemoryRule):
+    """One chunk (≤ C_o tokens) of the projection memories: the tokens' q, k, v, rates, and the memories' states at the
+    chunk end (tensors in, tensors out: `torch.compile` compiles it once per chunk length).
+
+    Args:
+        chunk: the chunk's inputs (`x` [b, H, c, d]).
+        anchor_in, anchor_out: A⁰, B⁰ of the projection memories [b, H, p, h, d] / [b, H, p, d, h], or `None` when the
+            chunk starts at a boundary of C_o (the anchor is then the chunk-start state `w_in`, `w_out`).
+        w_in, w_out, mom_in, mom_out: the states at the chunk start.
+    Returns:
+        (q, k, v [b, H, c, d], eta, log_alpha, log_beta, write [b, H, c]) and A, B, S_A, S_B at the chunk end.
+    """
+    aligned = anchor_in is None
+    anchor_in, anchor_out = (w_in, w_out) if aligned else (anchor_in, anchor_out)
+    _, _, outs = _shared_rows_apply(chunk.x, anchor_in, anchor_out)
+    memory_out = {name: outs[:, :, i] for i, name in enumerate(rule.names[:-1])}
+    tokens = projections(memory_out, chunk, rule)
+    q, k, v = tokens[:3]
+    eta, log_alpha, log_beta, write = tokens[3:]
+    _, z, act, e, u = _inner_gradients(k, v, anchor_in, anchor_out, rule)
+    states = _chunk_state_update(k, eta, log_alpha, log_beta, write, act, e, u, z if aligned else None,
+                                 w_in, w_out, mom_in, mom_out, rule)
+    return tokens, *states
+
+
+def main_chunk_update(tokens: tuple, anchor_in: torch.Tensor | None, anchor_out: torch.Tensor | None,
+                      w_in: torch.Tensor, w_out: torch.Tensor, mom_in: torch.Tensor | None,
+                      mom_out: torch.Tensor | None, rule: MemoryRule):
+    """One chunk (≤ C_m tokens) of the main memory: the reads o_t = M_mem(q_t) with its anchor, and its state at the
+    chunk end (tensors in, tensors out).
+
+    Args:
+        tokens: (q, k, v [b, H, c, d], eta, log_alpha, log_beta, write [b, H, c]) of the chunk's tokens.
+        anchor_in, anchor_out: A⁰, B⁰ [b, H, 1, h, d] / [b, H, 1, d, h], or `None` at a boundary of C_m (the anchor
+            is then the chunk-start state).
+        w_in, w_out, mom_in, mom_out: the main memory's states at the chunk start.
+    Returns:
+        (o [b, H, c, d],) and A, B, S_A, S_B at the chunk end.
+    """
+    q, k, v, eta, log_alpha, log_beta, write = tokens
+    aligned = anchor_in is None
+    anchor_in, anchor_out = (w_in, w_out) if aligned else (anchor_in, anchor_out)
+    read, z, act, e, u = _inner_gradients(k, v, anchor_in, anchor_out, rule, q=q)
+    states = _chunk_state_update(k, eta, log_alpha, log_beta, write, act, e, u, z if aligned else None,
+                                 w_in, w_out, mom_in, mom_out, rule)
+    return (read[:, :, 0],), *states
 
 
 _COMPILED: dict[str, object] = {}
 
 
-def compiled_chunk_state_update():
-    """`chunk_state_update` under `torch.compile(fullgraph=True, dynamic=False)`, built on first use (one graph per
-    chunk length and rule; the elementwise work of a chunk fuses into a few kernels, its backward too)."""
-    if "chunk_state_update" not in _COMPILED:
-        # one graph per (chunk length, batch shape, rule): allow more than dynamo's default of 8
+def compiled_chunk_updates():
+    """`projection_chunk_update` and `main_chunk_update` under `torch.compile(fullgraph=True, dynamic=False)`, built
+    on first use (one graph per chunk length, alignment and rule; the elementwise work of a chunk fuses into a few
+    kernels, its backward too)."""
+    if not _COMPILED:
+        # one graph per (chunk length, batch shape, alignment, rule): allow more than dynamo's default of 8
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _COMPILED["chunk_state_update"] = torch.compile(chunk_state_update, fullgraph=True, dynamic=False)
-    return _COMPILED["chunk_state_update"]
+        for fn in (projection_chunk_update, main_chunk_update):
+            _COMPILED[fn.__name__] = torch.compile(fn, fullgraph=True, dynamic=False)
+    return _COMPILED["projection_chunk_update"], _COMPILED["main_chunk_update"]
+
+
+def _cat_pieces(pieces: list[tuple]) -> tuple:
+    """Per field, the pieces' tensors concatenated along the token axis (2); `None` fields stay `None`."""
+    return tuple(None if field[0] is None else torch.cat(field, dim=2) for field in zip(*pieces, strict=True))
+
+
+def _chunk_loop(update, pieces: list, state: MemoryState, chunk: int, rule: MemoryRule, checkpoint_chunks: int
+                ) -> tuple[tuple, MemoryState]:
+    """Run `update` over consecutive pieces of a call, chunk by chunk, for one stack of memories.
+
+    A piece that starts at a multiple of `chunk` (absolute position) takes the chunk-start state as its anchor; the
+    first piece of a call that starts mid-chunk keeps `state`'s anchors.
+
+    Args:
+        update: `projection_chunk_update` or `main_chunk_update` (or their compiled versions).
+        pieces: (the inputs of each piece, its length), the pieces cut at multiples of `chunk`.
+        state: the stack's state before the call (tensors [b, H, m, ...]; `position` an int).
+        checkpoint_chunks: with gradients on, keep the state only every `checkpoint_chunks` pieces and recompute the
+            pieces in between during backward (0 = off).
+    Returns:
+        the per-token outputs of `update`, concatenated over the call; the state after the call.
+    """
+
+    def run(group: list, state: MemoryState) -> tuple[tuple, MemoryState]:
+        outputs = []
+        for piece, length in group:
+            aligned = state.position % chunk == 0
+            anchor_in, anchor_out = (state.w_in, state.w_out) if aligned else (state.anchor_in, state.anchor_out)
+            out, w_in, w_out, mom_in, mom_out = update(piece, None if aligned else anchor_in,
+                                                       None if aligned else anchor_out, state.w_in, state.w_out,
+                                                       state.mom_in, state.mom_out, rule)
+            state = MemoryState(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, state.position + length)
+            outputs.append(out)
+        return _cat_pieces(outputs), state
+
+    if checkpoint_chunks <= 0 or not torch.is_grad_enabled():
+        return run(pieces, state)
+    outputs = []
+    for i in range(0, len(pieces), checkpoint_chunks):
+        group = pieces[i:i + checkpoint_chunks]
+        position = state.position
+
+        def run_group(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, group=group, position=position):
+            out, end = run(group, MemoryState(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, position))
+            return out, end.w_in, end.w_out, end.anchor_in, end.anchor_out, end.mom_in, end.mom_out
+
+        out, *tensors = torch.utils.checkpoint.checkpoint(
+            run_group, state.w_in, state.w_out, state.anchor_in, state.anchor_out, state.mom_in, state.mom_out,
+            use_reentrant=False)
+        state = MemoryState(*tensors, position=position + sum(length for _, length in group))
+        outputs.append(out)
+    return _cat_pieces(outputs), state
+
+
+def _memory_slice(state: MemoryState, index: slice) -> MemoryState:
+    """The state of the memories `index` of the stack (axis 2)."""
+    return state.map_tensors(lambda t: t[:, :, index] if t.dim() == 5 else t)
 
 
 def chunk_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule, *, compiled: bool = False,
                         checkpoint_chunks: int = 0) -> tuple[torch.Tensor, MemoryState]:
     """Chunk-wise self-modifying memory: the training path, equal to `naive_memory_update`.
 
-    Loops over chunks of `rule.projection_chunk` tokens (never over tokens); each chunk is a few
-    batched matmuls and one `c × c` unit-triangular solve shared by all memories.
+    Two passes, each a loop over chunks (never over tokens), each chunk a few batched matmuls and one unit-triangular
+    solve shared by the memories of the pass:
+      1. the projection memories (k, v, η, α, ...), chunks of C_o: every token's q, k, v and rates;
+      2. the main memory, chunks of C_m: the reads o_t = M_mem(q_t) and its updates.
+    The main memory reads the projections but they never read it, and its anchor moves only every C_m tokens,
+    so its state is computed once per C_m tokens instead of once per C_o.
 
     Args:
         inputs: see `MemoryInputs`; `x` is [b, H, t, d].
         state: the state before the first token of the call.
-        compiled: run each chunk with `compiled_chunk_state_update()` (same function, compiled).
-        checkpoint_chunks: with gradients on, keep the state only every `checkpoint_chunks` chunks and recompute
-            the chunks in between during backward (activation checkpointing per group of memory chunks;
+        compiled: run each chunk with `compiled_chunk_updates()` (same functions, compiled).
+        checkpoint_chunks: with gradients on, keep the state only every `checkpoint_chunks` chunks of each pass and
+            recompute the chunks in between during backward (activation checkpointing per group of memory chunks;
             0 = off). Saved memory per layer falls from every chunk's intermediates to one state per group.
     Returns:
         o [b, H, t, d], the reads `M_mem(q_t)`; the state after the last token.
     """
-    update = compiled_chunk_state_update() if compiled else chunk_state_update
-    bounds = _segments(state.position, inputs.x.shape[2], rule.projection_chunk)
+    project, read = compiled_chunk_updates() if compiled else (projection_chunk_update, main_chunk_update)
+    p, t = rule.num_projection_memories, inputs.x.shape[2]
+    lengths = [end - start for start, end in _segments(state.position, t, rule.projection_chunk)]
+    if p:
+        pieces = list(zip(_split_tokens(inputs, lengths), lengths, strict=True))
+        tokens, projection_end = _chunk_loop(project, pieces, _memory_slice(state, slice(0, p)), rule.projection_chunk,
+                                             rule, checkpoint_chunks)
+    else:                                                   # every projection is static: all tokens at once
+        tokens = projections({}, inputs, rule)
+    lengths = [end - start for start, end in _segments(state.position, t, rule.memory_chunk)]
+    split = [(None,) * len(lengths) if x is None else x.split(lengths, dim=2) for x in tokens]
+    pieces = list(zip(zip(*split, strict=True), lengths, strict=True))
+    (o,), main_end = _chunk_loop(read, pieces, _memory_slice(state, slice(p, None)), rule.memory_chunk, rule,
+                                 checkpoint_chunks)
+    if not p:
+        return o, main_end
+    end = MemoryState(*(None if a is None else torch.cat([a, b], dim=2)
+                        for a, b in zip(_tensors(projection_end), _tensors(main_end), strict=True)),
+                      position=main_end.position)
+    return o, end
 
-    def run(group: list[tuple[int, int]], state: MemoryState) -> tuple[torch.Tensor, MemoryState]:
-        outputs = []
-        for start, end in group:
-            state = _refresh_anchors(state, state.position, rule)
-            chunk = _slice_tokens(inputs, start, end)
-            o, w_in, w_out, mom_in, mom_out = update(chunk, state.anchor_in, state.anchor_out, state.w_in,
-                                                     state.w_out, state.mom_in, state.mom_out, rule)
-            state = MemoryState(w_in, w_out, state.anchor_in, state.anchor_out, mom_in, mom_out,
-                                state.position + end - start)
-            outputs.append(o)
-        return torch.cat(outputs, dim=2), state
 
-    if checkpoint_chunks <= 0 or not torch.is_grad_enabled():
-        return run(bounds, state)
-    outputs = []
-    for i in range(0, len(bounds), checkpoint_chunks):
-        group = bounds[i:i + checkpoint_chunks]
-        position = state.position
-
-        def run_group(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, group=group, position=position):
-            o, end = run(group, MemoryState(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, position))
-            return o, end.w_in, end.w_out, end.anchor_in, end.anchor_out, end.mom_in, end.mom_out
-
-        o, *tensors = torch.utils.checkpoint.checkpoint(
-            run_group, state.w_in, state.w_out, state.anchor_in, state.anchor_out, state.mom_in, state.mom_out,
-            use_reentrant=False)
-        state = MemoryState(*tensors, position=position + group[-1][1] - group[0][0])
-        outputs.append(o)
-    return torch.cat(outputs, dim=2), state
+def _tensors(state: MemoryState) -> tuple:
+    """The tensor fields of a state in constructor order (w_in, w_out, anchor_in, anchor_out, mom_in, mom_out)."""
+    return state.w_in, state.w_out, state.anchor_in, state.anchor_out, state.mom_in, state.mom_out
 
 
 def shared_position(position: int | torch.Tensor) -> int | None:
@@ -518,16 +669,27 @@ def _select_rows(rows: torch.Tensor, new: MemoryState, old: MemoryState) -> Memo
                          if f.name != "position"), position=new.position)
 
 
-def _slice_tokens(inputs: MemoryInputs, start: int, end: int) -> MemoryInputs:
-    """The inputs of tokens `[start, end)` of the call."""
-    return MemoryInputs(
-        x=inputs.x[:, :, start:end],
-        static={name: value[:, :, start:end] for name, value in inputs.static.items()},
-        eta_weight=inputs.eta_weight, eta_bias=inputs.eta_bias,
-        alpha_weight=inputs.alpha_weight, alpha_bias=inputs.alpha_bias,
-        momentum=inputs.momentum,
-        mask=None if inputs.mask is None else inputs.mask[:, start:end],
-    )
+def _split_tokens(inputs: MemoryInputs, sizes: list[int]) -> list[MemoryInputs]:
+    """The inputs of consecutive pieces of the call, `sizes[i]` tokens each (they sum to the call's length).
+
+    One `torch.split` per tensor: its backward concatenates the pieces' gradients once, where slicing each
+    piece on its own would give every piece's backward a zero-filled gradient of the whole call (quadratic
+    in the length).
+    """
+    xs = inputs.x.split(sizes, dim=2)
+    static = {name: value.split(sizes, dim=2) for name, value in inputs.static.items()}
+    masks = [None] * len(sizes) if inputs.mask is None else inputs.mask.split(sizes, dim=1)
+    return [
+        MemoryInputs(
+            x=xs[i],
+            static={name: pieces[i] for name, pieces in static.items()},
+            eta_weight=inputs.eta_weight, eta_bias=inputs.eta_bias,
+            alpha_weight=inputs.alpha_weight, alpha_bias=inputs.alpha_bias,
+            momentum=inputs.momentum,
+            mask=masks[i],
+        )
+        for i in range(len(sizes))
+    ]
 
 
 def packed_memory_update(update, inputs: MemoryInputs, state: MemoryState, rule: MemoryRule,
@@ -552,12 +714,12 @@ def packed_memory_update(update, inputs: MemoryInputs, state: MemoryState, rule:
         raise ValueError(f"packed_memory_update needs a position shared by the batch (an int), got {state.position!r}")
     t, first = inputs.x.shape[2], state.position
     cuts = sorted({int(n) for n in lengths.tolist() if 0 < n < t} | {t})
-    outputs, start, kept = [], 0, state
-    for end in cuts:
-        o, state = update(_slice_tokens(inputs, start, end), state, rule)
+    pieces = _split_tokens(inputs, [end - start for start, end in zip([0, *cuts], cuts)])
+    outputs, kept = [], state
+    for end, piece in zip(cuts, pieces):
+        o, state = update(piece, state, rule)
         outputs.append(o)
         kept = _select_rows(lengths == end, state, kept)
-        start = end
     return torch.cat(outputs, dim=2), replace(kept, position=first + lengths.long())
 
 
@@ -571,7 +733,7 @@ def _refresh_anchors_rows(state: MemoryState, positions: torch.Tensor, rule: Mem
                        torch.where(due, state.w_out, state.anchor_out), state.mom_in, state.mom_out, positions)
 
 
-def _decode_token_step(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule, t: int, next_position
+def _decode_token_step(token: MemoryInputs, state: MemoryState, rule: MemoryRule, next_position
                        ) -> tuple[torch.Tensor, MemoryState]:
     """`_token_step` written for decoding speed: the same update with fused rank-one `addcmul`s, in place on
     freshly allocated tensors (the state-sized passes dominate a decoding step). Tested equal to the reference.
@@ -579,8 +741,7 @@ def _decode_token_step(inputs: MemoryInputs, state: MemoryState, rule: MemoryRul
         S_A ← β S_A + (−η u) kᵀ               A ← α A + (−η A k) kᵀ + m S_A       (DGD with momentum)
         S_B ← β S_B + (−η e) aᵀ               B ← α B + m S_B
     """
-    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(_slice_tokens(inputs, t, t + 1), state.anchor_in,
-                                                                     state.anchor_out, rule)
+    o, k, eta, log_alpha, log_beta, write, act, e, u = _anchor_terms(token, state.anchor_in, state.anchor_out, rule)
     k = k[:, :, 0, None, None, :]                                          # [b, H, 1, 1, d]
     a = act[:, :, :, 0].unsqueeze(-2)                                      # [b, H, M, 1, h]
     neg_eta, alpha, write = (r[:, :, 0, None, None, None] for r in (-eta, log_alpha.exp(), write))
@@ -621,13 +782,13 @@ def decode_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryR
     if isinstance(positions, int):
         positions = torch.full((b,), positions, dtype=torch.long, device=inputs.x.device)
     outputs = []
-    for t in range(inputs.x.shape[2]):
+    for token in _split_tokens(inputs, [1] * inputs.x.shape[2]):
         state = _refresh_anchors_rows(state, positions, rule)
-        if inputs.mask is not None:
-            positions = positions + (inputs.mask[:, t] != 0).long()
+        if token.mask is not None:
+            positions = positions + (token.mask[:, 0] != 0).long()
         else:
             positions = positions + 1
-        o, state = _decode_token_step(inputs, state, rule, t, positions)
+        o, state = _decode_token_step(token, state, rule, positions)
         outputs.append(o)
     return torch.cat(outputs, dim=2), state
 
