@@ -189,3 +189,20 @@ def test_a_training_step_that_would_not_fit_is_skipped_and_said(monkeypatch):
         assert row["train_skipped"].startswith("needs ~0.0 GiB of saved activations, 0.0 GiB free")
     assert "skipped (memory)" in markdown_table(result)
     assert "hope at 16: training skipped, needs" in summary(result)
+
+
+def test_memory_implementation_applies_to_the_hope_models_only(monkeypatch):
+    """`memory_implementation="compiled"` builds every Hope model with its compiled memory steps (recorded in the
+    result and its report) and leaves the Llama alone; an unknown value is refused before anything is built."""
+    built = []
+    monkeypatch.setattr("hope_hf.benchmark.build_model", lambda config: built.append(build_model(config)) or built[-1])
+    result = run_bench(models=("hope", "titans"), lengths=(8,), tokens_per_step=8, repeats=1, warmup=0, parts=(),
+                       matmul_size=64, memory_implementation="compiled", **SHAPE)
+    implementations = {type(m).__name__: {layer.mixer.implementation for layer in m.model.layers}
+                       for m in built if hasattr(m.model.layers[0], "mixer")}
+    assert implementations == {"HopeForCausalLM": {"compiled"}}
+    assert {result["models"][name]["config"]["memory_implementation"] for name in ("hope", "titans")} == {"compiled"}
+    assert "memory_implementation" not in result["models"][REFERENCE]["config"]
+    assert result["memory_implementation"] == "compiled" and "Hope memory: compiled" in summary(result)
+    with pytest.raises(ValueError, match="memory_implementation must be 'chunk', 'compiled' or None, got 'naive'"):
+        run_bench(models=("hope",), lengths=(8,), parts=(), memory_implementation="naive", **SHAPE)

@@ -418,13 +418,16 @@ def run_bench(
     dtype: torch.dtype = torch.float32,
     matmul_size: int | None = None,
     gradient_checkpointing: bool = False,
+    memory_implementation: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Measure `models` and a same-size Llama at `lengths` (see the module docstring).
 
     `size` (e.g. `"340m"`) takes the named configurations `<family>-<size>` and `transformer-<size>` instead of
     the bench shape (`hidden_size`, `layers`, `heads`, `vocab_size`). `gradient_checkpointing` turns it on in
-    every model (per block; training steps only).
+    every model (per block; training steps only). `memory_implementation` (`"chunk"` or `"compiled"`) runs the
+    self-modifying memories of every Hope model that way (default: each configuration's own, `"chunk"`); a
+    compiled model's first steps compile, so give it `warmup` ≥ 1.
 
     Returns:
         {"machine", "torch", "device", "dtype", "matmul_peak_flops", "peak_memory", "models": {name: {"parameters",
@@ -442,6 +445,8 @@ def run_bench(
                         ("repeats", repeats), ("decode_steps", decode_steps)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if memory_implementation not in (None, "chunk", "compiled"):
+        raise ValueError(f"memory_implementation must be 'chunk', 'compiled' or None, got {memory_implementation!r}")
     families = [m for m in dict.fromkeys(models) if m != REFERENCE]
     device = torch.device(device)
     torch.manual_seed(0)
@@ -450,6 +455,9 @@ def run_bench(
                                 max_position_embeddings=max(lengths) + 1024)
     else:
         configs = named_configs(families, size, max(lengths) + 1024)
+    for config in configs.values():
+        if memory_implementation and isinstance(config, HopeConfig):
+            config.memory_implementation = memory_implementation
     subjects = [Subject(name, config, build_model(config).to(device)) for name, config in configs.items()]
     if gradient_checkpointing:
         for s in subjects:
@@ -537,6 +545,7 @@ def run_bench(
         "machine": machine_description(device), "torch": torch.__version__, "device": device.type,
         "dtype": str(dtype).removeprefix("torch."), "tokens_per_step": tokens_per_step, "repeats": repeats,
         "warmup": warmup, "decode_steps": decode_steps, "gradient_checkpointing": gradient_checkpointing,
+        "memory_implementation": memory_implementation or "chunk",
         "matmul_peak_flops": peak, "matmul_peak_flops_alone": alone, "matmul_peak_flops_by_round": round_peaks,
         "peak_memory": memory,
         "models": {s.name: {"parameters": count_parameters(s.model), "config": s.config.to_diff_dict(),
@@ -577,7 +586,8 @@ def markdown_table(result: dict) -> str:
 def summary(result: dict) -> str:
     """The header of the report: machine, peak, parameters, and how decoding latency grows with the context."""
     params = ", ".join(f"{name} {m['parameters']:,}" for name, m in result["models"].items())
-    lines = [f"machine: {result['machine']}; torch {result['torch']}; {result['dtype']}",
+    lines = [f"machine: {result['machine']}; torch {result['torch']}; {result['dtype']}; Hope memory: "
+             f"{result.get('memory_implementation', 'chunk')}",
              f"matmul peak: {result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s (median over the timed rounds, each step's "
              f"% of peak is against its own round; {result['matmul_peak_flops_alone'] / 1e9:.1f} alone at the start); "
              f"parameters: {params}",

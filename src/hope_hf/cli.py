@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("train", "infer", "decode", "memory"), help="what to measure")
     bench.add_argument("--gradient-checkpointing", action="store_true",
                        help="recompute each block in the backward (all models; changes the training peaks)")
+    bench.add_argument("--memory-implementation", default=None, choices=("chunk", "compiled"),
+                       help="how the Hope models run their self-modifying memories: the eager chunk form or its "
+                            "torch.compile'd steps (compiles during the warm-up; default: the configuration's, chunk)")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     bench.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                        help="float32, or bfloat16 autocast (the memories' state stays float32); default "
@@ -730,7 +733,8 @@ def bench_command(args: argparse.Namespace) -> int:
                            layers=args.layers, gradient_checkpointing=args.gradient_checkpointing,
                            heads=args.heads, vocab_size=args.vocab_size, tokens_per_step=args.tokens_per_step,
                            repeats=args.repeats, warmup=args.warmup, decode_steps=args.decode_steps,
-                           parts=args.parts, device=device, dtype=dtype, log=lambda line: print(line, flush=True))
+                           parts=args.parts, device=device, dtype=dtype,
+                           memory_implementation=args.memory_implementation, log=lambda line: print(line, flush=True))
     except ValueError as err:     # an invalid model shape (HopeConfig names the field)
         raise CliError(str(err)) from err
     print(f"\n{summary(result)}\n{markdown_table(result)}", flush=True)
