@@ -79,18 +79,20 @@ def test_llama_forward_matches_flop_counter():
 
 
 def test_memory_count_follows_the_chunks(tiny_kwargs):
-    """Chunks are cut at multiples of the chunk sizes (C_o for the projection memories, C_m for the main one):
-    8 tokens cost two 4-token chunks, the cubic decay term of a chunk makes 8 tokens in one chunk of 8 cost more
-    than in two of 4, and the main memory's chunk alone changes the count."""
-    four = HopeConfig(**tiny_kwargs(projection_chunk_size=4, memory_chunk_size=4))
-    mixed = HopeConfig(**tiny_kwargs(projection_chunk_size=4, memory_chunk_size=8))
-    eight = HopeConfig(**tiny_kwargs(projection_chunk_size=8, memory_chunk_size=8))
-    for config in (four, eight):
-        assert memory_flops(config, 1, 16)["memory_matmul"] == 2 * memory_flops(config, 1, 8)["memory_matmul"]
-    assert memory_flops(four, 1, 8)["memory_matmul"] == 2 * memory_flops(four, 1, 4)["memory_matmul"]
-    assert memory_flops(four, 3, 8)["memory_matmul"] == 3 * memory_flops(four, 1, 8)["memory_matmul"]
-    assert (memory_flops(four, 1, 8)["memory_matmul"] < memory_flops(mixed, 1, 8)["memory_matmul"]
-            < memory_flops(eight, 1, 8)["memory_matmul"])
+    """Chunks are cut at multiples of the chunk sizes: 8 tokens cost two 4-token chunks, and the two passes
+    follow their own chunk (the projection memories' cost depends on C_o only, the main memory's on C_m only: a
+    model whose projections are all static has the main pass alone)."""
+    def count(c_o, c_m, length=8, batch=1, **switches):
+        config = HopeConfig(**tiny_kwargs(projection_chunk_size=c_o, memory_chunk_size=c_m, **switches))
+        return memory_flops(config, batch, length)["memory_matmul"]
+
+    static = dict(adaptive_k=False, adaptive_v=False, adaptive_rates=False)
+    for c in (4, 8):
+        assert count(c, c, length=16) == 2 * count(c, c, length=8)
+    assert count(4, 4) == 2 * count(4, 4, length=4) and count(4, 4, batch=3) == 3 * count(4, 4)
+    assert count(4, 8) != count(4, 4) and count(4, 8) != count(8, 8)
+    assert count(4, 8) - count(4, 8, **static) == count(4, 4) - count(4, 4, **static)     # the projection pass
+    assert count(8, 8, **static) == count(4, 8, **static) != count(4, 4, **static)        # the main pass
 
 
 @pytest.mark.parametrize("mixer", ["self_modifying", "attention"])

@@ -23,7 +23,9 @@ from position 0, so every chunk starts at a boundary and its z = A⁰k is the de
     k kᵀ           n²·d                      DGD only
     delta rhs      [momentum]·m·n·d·h + m·n²·h               S_A k and (G ⊙ kkᵀ) u; DGD only
     solve          n(n − 1)/2 · m·h          unit lower-triangular, m·h right-hand sides; DGD only
-    state updates  (2 + 2·[momentum]) · m·n·d·h             A, B (and S_A, S_B) at the chunk end
+    state updates  (2 + 2·[momentum]) · m·n·d·h             the rank-n sums of A, B (and S_A, S_B) at the chunk end
+    state mixing   2·P²·m·d·h                the chunk-start pairs [A; S_A], [B; S_B] times their P×P decay
+                                             matrix (`baddbmm`; P = 2 with momentum, else 1)
 `FlopCounterMode` (torch.utils.flop_counter) counts the matmuls exactly as here but has no formula for
 `linalg.solve_triangular`, and on CPU none for the fused attention kernel: `tests/test_flops.py` compares
 everything else with it, module by module.
@@ -78,7 +80,8 @@ def memory_flops(config: HopeConfig, batch: int, length: int) -> dict[str, int]:
             if delta:
                 macs += n * n * d + momentum * m * ndh + m * n * n * h
                 solve += n * (n - 1) // 2 * m * h
-            macs += (2 + 2 * momentum) * m * ndh            # chunk-end A, B (S_A, S_B)
+            macs += (2 + 2 * momentum) * m * ndh            # chunk-end A, B (S_A, S_B): the rank-n sums
+            macs += 2 * (1 + momentum) ** 2 * m * d * h     # ... and the mixing of the chunk-start pairs
             matmul += macs
     return {"memory_matmul": 2 * batch * H * matmul, "memory_solve": 2 * batch * H * solve}
 

@@ -426,72 +426,93 @@ def _decay_matrices(log_alpha: torch.Tensor, eta: torch.Tensor, log_beta: torch.
 
 def _chunk_state_update(k: torch.Tensor, eta: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor | None,
                         write: torch.Tensor, act: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
-                        start_k: torch.Tensor | None, w_in: torch.Tensor, w_out: torch.Tensor,
-                        mom_in: torch.Tensor | None, mom_out: torch.Tensor | None, rule: MemoryRule):
+                        start_k: torch.Tensor | None, pair_in: torch.Tensor, pair_out: torch.Tensor,
+                        mom_in: torch.Tensor | None, rule: MemoryRule) -> tuple[torch.Tensor, torch.Tensor]:
     """The states of a stack of m memories at the end of a chunk, in closed form (HOPE.md §8).
 
     The delta terms ω_j = −η_j A_{j−1} k_j solve the unit lower-triangular system (UT transform)
         ω_j + η_j Σ_{i<j} Γ(j−1, i)(k_iᵀk_j) ω_i
-            = −η_j [Γ(j−1, 0) A_0 k_j + c_{j−1} S_0 k_j − Σ_{s<j} G(j−1, s)(k_sᵀk_j) u_s].
+            = −η_j [Γ(j−1, 0) A_0 k_j + c_{j−1} S_0 k_j − Σ_{s<j} G(j−1, s)(k_sᵀk_j) u_s],
+    then, with P = P(c, ·) the momentum's decays and the coefficient matrix C = [[Γ(c, 0), c_c], [0, P(c, 0)]],
+        [A_c; S_c] = C [A_0; S_0] + [Σ_s (γ_s ω_s − G(c, s) u_s) k_sᵀ;  −Σ_s P(c, s) η_s u_s k_sᵀ]
+        [B_c; S_c] = C [B_0; S_0] + [−Σ_s G(c, s) e_s a_sᵀ;            −Σ_s P(c, s) η_s e_s a_sᵀ]
+    Each line is one matmul for the rank-c sums of both matrices and one `baddbmm` that mixes the chunk-start pair by
+    C and adds them: no elementwise pass over the states, forward or backward (without momentum the pairs hold
+    A or B alone and C = [[Γ(c, 0)]]).
 
     Args:
-        k [b, H, c, d]; eta, log_alpha, write [b, H, c]; log_beta [b, H, c] or `None`; act, e, u: the inner
-        gradients' terms (`_inner_gradients`); start_k: A_0 k [b, H, m, c, h] when already computed (the anchor is
-        the chunk-start state, so it is the anchor's z), else `None`; w_in/out, mom_in/out: A, B, S_A, S_B at the
-        chunk start ([b, H, m, h, d] / [b, H, m, d, h]; momenta `None` without momentum).
+        k [b, H, c, d]; eta, log_alpha, write [b, H, c]; log_beta [b, H, c] or `None`; act [b, H, m, c, h],
+            e [b, H, m, c, d], u [b, H, m, c, h]: the inner gradients' terms (`_inner_gradients`).
+        start_k: A_0 k [b, H, m, c, h] when already computed (the anchor is the chunk-start state, so it is the
+            anchor's z), else `None` (computed here).
+        pair_in: [A; S_A] at the chunk start, [b, H, P, m, h, d] (P = 2 with momentum, else 1).
+        pair_out: [B; S_B] at the chunk start, [b, H, m, P, d, h].
+        mom_in: S_A at the chunk start (a view of `pair_in`) or `None`.
     Returns:
-        A, B, S_A, S_B at the chunk end.
+        pair_in and pair_out at the chunk end.
     """
     gamma, gamma_prev, G, G_prev, c, c_prev, decay0, decay0_prev, mom_decay, mom_decay0 = _decay_matrices(
         log_alpha, eta, log_beta, write)
-    k_ = k.unsqueeze(2)                                     # broadcast over memories
-    G_last, gamma_last = G[..., -1, :, None].unsqueeze(2), gamma[..., -1, :, None].unsqueeze(2)
-    decay_last = decay0[..., -1, None, None, None]           # Γ(C, 0) [b, H, 1, 1, 1]
-    written_in = -G_last * u                                # [b, H, m, c, h] coefficients of k_sᵀ
+    b, H, P, m, h, d = pair_in.shape
+    n = k.shape[-2]
+    u_rows = u.transpose(2, 3).reshape(b, H, n, m * h)           # [b, H, c, m·h]: memories side by side
+    written_in = -G[..., -1, :, None] * u_rows                  # coefficients of k_sᵀ in A_c
     if rule.delta:
-        kk = k @ k.transpose(-1, -2)                        # [b, H, c, c]
+        kk = k @ k.transpose(-1, -2)                            # [b, H, c, c]
         if start_k is None:
-            start_k = k_ @ w_in.transpose(-1, -2)
-        rhs = decay0_prev[:, :, None, :, None] * start_k
+            start_k = k @ pair_in[:, :, 0].reshape(b, H, m * h, d).transpose(-1, -2)
+        else:
+            start_k = start_k.transpose(2, 3).reshape(b, H, n, m * h)
+        rhs = decay0_prev[..., None] * start_k
         if rule.momentum:
-            rhs = rhs + c_prev[:, :, None, :, None] * (k_ @ mom_in.transpose(-1, -2))
-        rhs = rhs - ((G_prev * kk).unsqueeze(2) @ u)
-        rhs = -eta[:, :, None, :, None] * rhs
-        system = torch.eye(kk.shape[-1], dtype=kk.dtype, device=kk.device) + eta.unsqueeze(-1) * gamma_prev * kk
-        # one solve for all memories: their right-hand sides side by side, [b, H, c, m·h]
-        b, H, m, n, h = rhs.shape
-        omega = torch.linalg.solve_triangular(system, rhs.permute(0, 1, 3, 2, 4).reshape(b, H, n, m * h),
-                                              upper=False, unitriangular=True)
-        omega = omega.view(b, H, n, m, h).permute(0, 1, 3, 2, 4)
-        written_in = written_in + gamma_last * omega
-    # state-sized tensors dominate the cost: accumulate into the matmul output in place (no temporaries)
-    w_in_new = (written_in.transpose(-1, -2) @ k_).addcmul_(decay_last, w_in)
-    w_out_new = ((-G_last * e).transpose(-1, -2) @ act).addcmul_(decay_last, w_out)
+            rhs = rhs + c_prev[..., None] * (k @ mom_in.reshape(b, H, m * h, d).transpose(-1, -2))
+        rhs = -eta[..., None] * (rhs - (G_prev * kk) @ u_rows)
+        system = torch.eye(n, dtype=kk.dtype, device=kk.device) + eta.unsqueeze(-1) * gamma_prev * kk
+        # one solve for all memories: their right-hand sides side by side
+        omega = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+        written_in = written_in + gamma[..., -1, :, None] * omega
+    written_out = -G[:, :, None, -1, :, None] * e               # [b, H, m, c, d] coefficients of a_sᵀ in B_c
+    decay = [decay0[..., -1]]
     if rule.momentum:
-        c_last = c[..., -1, None, None, None]
-        w_in_new.addcmul_(c_last, mom_in)
-        w_out_new.addcmul_(c_last, mom_out)
-        step = -(mom_decay * eta)[:, :, None, :, None]      # −P(c, s) η_s
-        mom_decay_last = mom_decay0[..., None, None, None]
-        mom_in = ((step * u).transpose(-1, -2) @ k_).addcmul_(mom_decay_last, mom_in)
-        mom_out = ((step * e).transpose(-1, -2) @ act).addcmul_(mom_decay_last, mom_out)
-    return w_in_new, w_out_new, mom_in, mom_out
+        step = -(mom_decay * eta)                                # −P(c, s) η_s  [b, H, c]
+        written_in = torch.stack([written_in, step[..., None] * u_rows], dim=2)         # [b, H, 2, c, m·h]
+        written_out = torch.stack([written_out, step[:, :, None, :, None] * e], dim=3)  # [b, H, m, 2, c, d]
+        zero = torch.zeros_like(decay0[..., -1])
+        decay = [decay0[..., -1], c[..., -1], zero, mom_decay0]
+    else:
+        written_in, written_out = written_in.unsqueeze(2), written_out.unsqueeze(3)
+    mix = torch.stack(decay, dim=-1).view(b * H, P, P)          # C per head
+    sums_in = written_in.transpose(-1, -2).reshape(b, H, P * m * h, n) @ k             # [b, H, P·m·h, d]
+    pair_in = torch.baddbmm(sums_in.view(b * H, P, m * h * d), mix, pair_in.reshape(b * H, P, m * h * d))
+    sums_out = written_out.transpose(-1, -2).reshape(b, H, m, P * d, n) @ act          # [b, H, m, P·d, h]
+    mix_out = mix.view(b, H, 1, P, P).expand(b, H, m, P, P).reshape(b * H * m, P, P)
+    pair_out = torch.baddbmm(sums_out.view(b * H * m, P, d * h), mix_out, pair_out.reshape(b * H * m, P, d * h))
+    return pair_in.view(b, H, P, m, h, d), pair_out.view(b, H, m, P, d, h)
+
+
+def _unpair(pair_in: torch.Tensor, pair_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A, B, S_A, S_B (views; the momenta `None` without momentum) from the pairs [b, H, P, m, h, d], [b, H, m, P, d, h].
+
+    One `unbind` each: its backward stacks the views' gradients once (a `select` per view would zero-fill a gradient
+    of the whole pair for each)."""
+    ins, outs = pair_in.unbind(2), pair_out.unbind(3)
+    return ins[0], outs[0], (ins[1] if len(ins) > 1 else None), (outs[1] if len(outs) > 1 else None)
 
 
 def projection_chunk_update(chunk: MemoryInputs, anchor_in: torch.Tensor | None, anchor_out: torch.Tensor | None,
-                            w_in: torch.Tensor, w_out: torch.Tensor, mom_in: torch.Tensor | None,
-                            mom_out: torch.Tensor | None, rule: MemoryRule):
+                            pair_in: torch.Tensor, pair_out: torch.Tensor, rule: MemoryRule):
     """One chunk (≤ C_o tokens) of the projection memories: the tokens' q, k, v, rates, and the memories' states at the
     chunk end (tensors in, tensors out: `torch.compile` compiles it once per chunk length).
 
     Args:
         chunk: the chunk's inputs (`x` [b, H, c, d]).
         anchor_in, anchor_out: A⁰, B⁰ of the projection memories [b, H, p, h, d] / [b, H, p, d, h], or `None` when the
-            chunk starts at a boundary of C_o (the anchor is then the chunk-start state `w_in`, `w_out`).
-        w_in, w_out, mom_in, mom_out: the states at the chunk start.
+            chunk starts at a boundary of C_o (the anchor is then the chunk-start state).
+        pair_in, pair_out: [A; S_A] [b, H, P, p, h, d] and [B; S_B] [b, H, p, P, d, h] at the chunk start.
     Returns:
-        (q, k, v [b, H, c, d], eta, log_alpha, log_beta, write [b, H, c]) and A, B, S_A, S_B at the chunk end.
+        (q, k, v [b, H, c, d], eta, log_alpha, log_beta, write [b, H, c]) and the pairs at the chunk end.
     """
+    w_in, w_out, mom_in, _ = _unpair(pair_in, pair_out)
     aligned = anchor_in is None
     anchor_in, anchor_out = (w_in, w_out) if aligned else (anchor_in, anchor_out)
     _, _, outs = _shared_rows_apply(chunk.x, anchor_in, anchor_out)
@@ -500,14 +521,13 @@ def projection_chunk_update(chunk: MemoryInputs, anchor_in: torch.Tensor | None,
     q, k, v = tokens[:3]
     eta, log_alpha, log_beta, write = tokens[3:]
     _, z, act, e, u = _inner_gradients(k, v, anchor_in, anchor_out, rule)
-    states = _chunk_state_update(k, eta, log_alpha, log_beta, write, act, e, u, z if aligned else None,
-                                 w_in, w_out, mom_in, mom_out, rule)
-    return tokens, *states
+    pairs = _chunk_state_update(k, eta, log_alpha, log_beta, write, act, e, u, z if aligned else None,
+                                pair_in, pair_out, mom_in, rule)
+    return tokens, *pairs
 
 
 def main_chunk_update(tokens: tuple, anchor_in: torch.Tensor | None, anchor_out: torch.Tensor | None,
-                      w_in: torch.Tensor, w_out: torch.Tensor, mom_in: torch.Tensor | None,
-                      mom_out: torch.Tensor | None, rule: MemoryRule):
+                      pair_in: torch.Tensor, pair_out: torch.Tensor, rule: MemoryRule):
     """One chunk (≤ C_m tokens) of the main memory: the reads o_t = M_mem(q_t) with its anchor, and its state at the
     chunk end (tensors in, tensors out).
 
@@ -515,17 +535,18 @@ def main_chunk_update(tokens: tuple, anchor_in: torch.Tensor | None, anchor_out:
         tokens: (q, k, v [b, H, c, d], eta, log_alpha, log_beta, write [b, H, c]) of the chunk's tokens.
         anchor_in, anchor_out: A⁰, B⁰ [b, H, 1, h, d] / [b, H, 1, d, h], or `None` at a boundary of C_m (the anchor
             is then the chunk-start state).
-        w_in, w_out, mom_in, mom_out: the main memory's states at the chunk start.
+        pair_in, pair_out: [A; S_A] [b, H, P, 1, h, d] and [B; S_B] [b, H, 1, P, d, h] at the chunk start.
     Returns:
-        (o [b, H, c, d],) and A, B, S_A, S_B at the chunk end.
+        (o [b, H, c, d],) and the pairs at the chunk end.
     """
     q, k, v, eta, log_alpha, log_beta, write = tokens
+    w_in, w_out, mom_in, _ = _unpair(pair_in, pair_out)
     aligned = anchor_in is None
     anchor_in, anchor_out = (w_in, w_out) if aligned else (anchor_in, anchor_out)
     read, z, act, e, u = _inner_gradients(k, v, anchor_in, anchor_out, rule, q=q)
-    states = _chunk_state_update(k, eta, log_alpha, log_beta, write, act, e, u, z if aligned else None,
-                                 w_in, w_out, mom_in, mom_out, rule)
-    return (read[:, :, 0],), *states
+    pairs = _chunk_state_update(k, eta, log_alpha, log_beta, write, act, e, u, z if aligned else None,
+                                pair_in, pair_out, mom_in, rule)
+    return (read[:, :, 0],), *pairs
 
 
 _COMPILED: dict[str, object] = {}
@@ -548,8 +569,39 @@ def _cat_pieces(pieces: list[tuple]) -> tuple:
     return tuple(None if field[0] is None else torch.cat(field, dim=2) for field in zip(*pieces, strict=True))
 
 
-def _chunk_loop(update, pieces: list, state: MemoryState, chunk: int, rule: MemoryRule, checkpoint_chunks: int
-                ) -> tuple[tuple, MemoryState]:
+@dataclass
+class _StackState:
+    """The state of one stack of memories inside `chunk_memory_update`: the pairs (see `_chunk_state_update`), the
+    anchors, and the position. `anchor_in`/`anchor_out` are `None` while the anchor is the pairs' first matrices at
+    the start of the last chunk (`anchor_pairs`)."""
+
+    pair_in: torch.Tensor
+    pair_out: torch.Tensor
+    anchor_in: torch.Tensor | None
+    anchor_out: torch.Tensor | None
+    anchor_pairs: tuple[torch.Tensor, torch.Tensor] | None
+    position: int
+
+    @classmethod
+    def of(cls, state: MemoryState, index: slice) -> "_StackState":
+        """The memories `index` of `state`'s stack (axis 2), their pairs built once."""
+        pick = lambda t: None if t is None else t[:, :, index]                                     # noqa: E731
+        w_in, w_out, mom_in, mom_out = (pick(t) for t in (state.w_in, state.w_out, state.mom_in, state.mom_out))
+        pair_in = w_in.unsqueeze(2) if mom_in is None else torch.stack([w_in, mom_in], dim=2)
+        pair_out = w_out.unsqueeze(3) if mom_out is None else torch.stack([w_out, mom_out], dim=3)
+        return cls(pair_in, pair_out, pick(state.anchor_in), pick(state.anchor_out), None, state.position)
+
+    def memory_state(self) -> MemoryState:
+        """The `MemoryState` of the stack (views of the pairs)."""
+        w_in, w_out, mom_in, mom_out = _unpair(self.pair_in, self.pair_out)
+        anchor_in, anchor_out = self.anchor_in, self.anchor_out
+        if self.anchor_pairs is not None:
+            anchor_in, anchor_out = _unpair(*self.anchor_pairs)[:2]
+        return MemoryState(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, self.position)
+
+
+def _chunk_loop(update, pieces: list, state: _StackState, chunk: int, rule: MemoryRule, checkpoint_chunks: int
+                ) -> tuple[tuple, _StackState]:
     """Run `update` over consecutive pieces of a call, chunk by chunk, for one stack of memories.
 
     A piece that starts at a multiple of `chunk` (absolute position) takes the chunk-start state as its anchor; the
@@ -558,22 +610,24 @@ def _chunk_loop(update, pieces: list, state: MemoryState, chunk: int, rule: Memo
     Args:
         update: `projection_chunk_update` or `main_chunk_update` (or their compiled versions).
         pieces: (the inputs of each piece, its length), the pieces cut at multiples of `chunk`.
-        state: the stack's state before the call (tensors [b, H, m, ...]; `position` an int).
+        state: the stack's state before the call.
         checkpoint_chunks: with gradients on, keep the state only every `checkpoint_chunks` pieces and recompute the
             pieces in between during backward (0 = off).
     Returns:
         the per-token outputs of `update`, concatenated over the call; the state after the call.
     """
 
-    def run(group: list, state: MemoryState) -> tuple[tuple, MemoryState]:
+    def run(group: list, state: _StackState) -> tuple[tuple, _StackState]:
         outputs = []
         for piece, length in group:
-            aligned = state.position % chunk == 0
-            anchor_in, anchor_out = (state.w_in, state.w_out) if aligned else (state.anchor_in, state.anchor_out)
-            out, w_in, w_out, mom_in, mom_out = update(piece, None if aligned else anchor_in,
-                                                       None if aligned else anchor_out, state.w_in, state.w_out,
-                                                       state.mom_in, state.mom_out, rule)
-            state = MemoryState(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, state.position + length)
+            if state.position % chunk == 0:
+                out, pair_in, pair_out = update(piece, None, None, state.pair_in, state.pair_out, rule)
+                state = _StackState(pair_in, pair_out, None, None, (state.pair_in, state.pair_out),
+                                    state.position + length)
+            else:
+                anchor_in, anchor_out = state.memory_state().anchor_in, state.memory_state().anchor_out
+                out, pair_in, pair_out = update(piece, anchor_in, anchor_out, state.pair_in, state.pair_out, rule)
+                state = _StackState(pair_in, pair_out, anchor_in, anchor_out, None, state.position + length)
             outputs.append(out)
         return _cat_pieces(outputs), state
 
@@ -582,23 +636,19 @@ def _chunk_loop(update, pieces: list, state: MemoryState, chunk: int, rule: Memo
     outputs = []
     for i in range(0, len(pieces), checkpoint_chunks):
         group = pieces[i:i + checkpoint_chunks]
-        position = state.position
+        start = state.memory_state()
 
-        def run_group(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, group=group, position=position):
-            out, end = run(group, MemoryState(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, position))
-            return out, end.w_in, end.w_out, end.anchor_in, end.anchor_out, end.mom_in, end.mom_out
+        def run_group(pair_in, pair_out, anchor_in, anchor_out, group=group, position=start.position):
+            out, end = run(group, _StackState(pair_in, pair_out, anchor_in, anchor_out, None, position))
+            end_anchors = end.memory_state()
+            return out, end.pair_in, end.pair_out, end_anchors.anchor_in, end_anchors.anchor_out
 
-        out, *tensors = torch.utils.checkpoint.checkpoint(
-            run_group, state.w_in, state.w_out, state.anchor_in, state.anchor_out, state.mom_in, state.mom_out,
-            use_reentrant=False)
-        state = MemoryState(*tensors, position=position + sum(length for _, length in group))
+        out, pair_in, pair_out, anchor_in, anchor_out = torch.utils.checkpoint.checkpoint(
+            run_group, state.pair_in, state.pair_out, start.anchor_in, start.anchor_out, use_reentrant=False)
+        state = _StackState(pair_in, pair_out, anchor_in, anchor_out, None,
+                            start.position + sum(length for _, length in group))
         outputs.append(out)
     return _cat_pieces(outputs), state
-
-
-def _memory_slice(state: MemoryState, index: slice) -> MemoryState:
-    """The state of the memories `index` of the stack (axis 2)."""
-    return state.map_tensors(lambda t: t[:, :, index] if t.dim() == 5 else t)
 
 
 def chunk_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRule, *, compiled: bool = False,
@@ -610,7 +660,8 @@ def chunk_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRu
       1. the projection memories (k, v, η, α, ...), chunks of C_o: every token's q, k, v and rates;
       2. the main memory, chunks of C_m: the reads o_t = M_mem(q_t) and its updates.
     The main memory reads the projections but they never read it, and its anchor moves only every C_m tokens,
-    so its state is computed once per C_m tokens instead of once per C_o.
+    so its state is computed once per C_m tokens instead of once per C_o. Inside a pass each matrix and its momentum
+    travel as one pair tensor (`_chunk_state_update`).
 
     Args:
         inputs: see `MemoryInputs`; `x` is [b, H, t, d].
@@ -627,26 +678,23 @@ def chunk_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRu
     lengths = [end - start for start, end in _segments(state.position, t, rule.projection_chunk)]
     if p:
         pieces = list(zip(_split_tokens(inputs, lengths), lengths, strict=True))
-        tokens, projection_end = _chunk_loop(project, pieces, _memory_slice(state, slice(0, p)), rule.projection_chunk,
-                                             rule, checkpoint_chunks)
+        tokens, projection_end = _chunk_loop(project, pieces, _StackState.of(state, slice(0, p)),
+                                             rule.projection_chunk, rule, checkpoint_chunks)
     else:                                                   # every projection is static: all tokens at once
         tokens = projections({}, inputs, rule)
     lengths = [end - start for start, end in _segments(state.position, t, rule.memory_chunk)]
     split = [(None,) * len(lengths) if x is None else x.split(lengths, dim=2) for x in tokens]
     pieces = list(zip(zip(*split, strict=True), lengths, strict=True))
-    (o,), main_end = _chunk_loop(read, pieces, _memory_slice(state, slice(p, None)), rule.memory_chunk, rule,
+    (o,), main_end = _chunk_loop(read, pieces, _StackState.of(state, slice(p, None)), rule.memory_chunk, rule,
                                  checkpoint_chunks)
+    main_end = main_end.memory_state()
     if not p:
         return o, main_end
-    end = MemoryState(*(None if a is None else torch.cat([a, b], dim=2)
-                        for a, b in zip(_tensors(projection_end), _tensors(main_end), strict=True)),
-                      position=main_end.position)
-    return o, end
-
-
-def _tensors(state: MemoryState) -> tuple:
-    """The tensor fields of a state in constructor order (w_in, w_out, anchor_in, anchor_out, mom_in, mom_out)."""
-    return state.w_in, state.w_out, state.anchor_in, state.anchor_out, state.mom_in, state.mom_out
+    projection_end = projection_end.memory_state()
+    joined = {f.name: None if getattr(main_end, f.name) is None else
+              torch.cat([getattr(projection_end, f.name), getattr(main_end, f.name)], dim=2)
+              for f in fields(MemoryState) if f.name != "position"}
+    return o, MemoryState(**joined, position=main_end.position)
 
 
 def shared_position(position: int | torch.Tensor) -> int | None:
