@@ -691,10 +691,14 @@ def chunk_memory_update(inputs: MemoryInputs, state: MemoryState, rule: MemoryRu
     if not p:
         return o, main_end
     projection_end = projection_end.memory_state()
-    joined = {f.name: None if getattr(main_end, f.name) is None else
-              torch.cat([getattr(projection_end, f.name), getattr(main_end, f.name)], dim=2)
-              for f in fields(MemoryState) if f.name != "position"}
-    return o, MemoryState(**joined, position=main_end.position)
+    joined = (None if b is None else torch.cat([a, b], dim=2)
+              for a, b in zip(_tensor_fields(projection_end), _tensor_fields(main_end), strict=True))
+    return o, MemoryState(*joined, position=main_end.position)
+
+
+def _tensor_fields(state: MemoryState) -> tuple:
+    """The tensor fields of a state in constructor order (w_in, w_out, anchor_in, anchor_out, mom_in, mom_out)."""
+    return state.w_in, state.w_out, state.anchor_in, state.anchor_out, state.mom_in, state.mom_out
 
 
 def shared_position(position: int | torch.Tensor) -> int | None:
