@@ -275,6 +275,28 @@ def test_bad_cache_inputs_raise():
         model(x[:, :1], attention_mask=torch.ones(2, 3), past_key_values=cache)
 
 
+def test_the_cache_under_either_argument_name():
+    """transformers >= 5.24 passes the cache as `cache=` (`generate` included), earlier versions as
+    `past_key_values=`: both reach the model, giving the same continuation; two different caches raise."""
+    from hope_hf.modeling_hope import CACHE_FIELD
+
+    for variant in ("hope", "hope-attention"):
+        model = build(variant)
+        x = ids(2, 6)
+        with torch.no_grad():
+            full = model(x).logits
+            old, new = model(x[:, :4], use_cache=True), model(x[:, :4], use_cache=True)
+            assert isinstance(getattr(old, CACHE_FIELD), HopeCache)
+            by_old = model(x[:, 4:], past_key_values=getattr(old, CACHE_FIELD)).logits
+            by_new = model(x[:, 4:], cache=getattr(new, CACHE_FIELD)).logits
+            by_model = model.model(x[:, 4:], cache=getattr(model(x[:, :4], use_cache=True), CACHE_FIELD))
+        assert torch.equal(by_old, by_new)
+        assert (by_new - full[:, 4:]).abs().max() < 1e-5
+        assert getattr(by_model, CACHE_FIELD).get_seq_length() == 6
+    with pytest.raises(ValueError, match="not both"):
+        model(x, past_key_values=HopeCache(model.config), cache=HopeCache(model.config))
+
+
 def test_no_cache_while_training_with_checkpointing():
     model = build().train()
     assert model(ids(), use_cache=False).past_key_values is None

@@ -144,3 +144,12 @@ def test_resume_without_schedule_state_raises(tmp_path):
     callback.save(tmp_path / "checkpoint-5")                          # saved at step 0, so the steps disagree
     with pytest.raises(ValueError, match="step 0.*step 5"):
         callback.on_train_begin(arguments(tmp_path), state, None)
+
+
+def test_predict_with_use_cache_returns_the_logits_only(tmp_path):
+    """With `use_cache=True` the model returns its `HopeCache`; `Trainer.predict` must leave it out of the
+    predictions (`keys_to_ignore_at_inference`, whose key is `cache` from transformers 5.24)."""
+    model = tiny_model()
+    trainer = Trainer(model=model, args=arguments(tmp_path, use_cache=True, per_device_eval_batch_size=2))
+    predictions = trainer.predict(dataset(size=4)).predictions
+    assert predictions.shape == (4, 8, 99)

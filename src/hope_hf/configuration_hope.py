@@ -100,7 +100,8 @@ class HopeConfig(PreTrainedConfig):
     """
 
     model_type = "hope"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # the cache's output key: `past_key_values` up to transformers 5.23, `cache` from 5.24
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     attribute_map = {"num_attention_heads": "num_heads"}
 
     vocab_size: int = 32000

@@ -26,6 +26,20 @@ from .normalization import HopeRMSNorm
 from .self_modifying import IMPLEMENTATIONS, FastMemoryBank, SelfModifyingTitans, pack_order
 
 
+# transformers 5.24 renamed the cache everywhere from `past_key_values` to `cache`: `generate` passes `cache=` to
+# `forward` and reads `outputs["cache"]`, and the output classes declare a `cache` field (`past_key_values` is kept
+# only as a deprecated alias). Up to 5.23 both are `past_key_values`. The forwards below take either name, and the
+# outputs are built with the field the installed version declares, so a cache returned by one step reaches the next.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def resolve_cache_argument(past_key_values, cache):
+    """The cache a forward was given, under the old name `past_key_values` or the new `cache` (not both)."""
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError("pass the cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
+
 def segment_loss(logits: torch.Tensor, ids: torch.LongTensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The in-context loss of segments: Σ over rows and over consecutive real tokens (t, t') of a row of
     CE(logits_t, ids_t'), in float32. logits [S, n, V]; ids, mask [S, n] (`mask` 1 real, `None`: all real)."""
@@ -177,6 +191,7 @@ class HopeModel(HopePreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache=None,
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
         """
@@ -188,13 +203,16 @@ class HopeModel(HopePreTrainedModel):
             position_ids: [B, T] RoPE positions (attention mixer only; default: each row's count of real
                 tokens before the column, i.e. the column index without padding).
             past_key_values: a `HopeCache` holding the state after the previous tokens; updated in place.
+                `cache` is the same argument under its transformers >= 5.24 name (`generate` passes that one).
             inputs_embeds: [B, T, D] instead of `input_ids`.
             use_cache: return the state in a `HopeCache` (default: `config.use_cache`; off while training
                 with gradient checkpointing).
             output_hidden_states: also return the input of every block and the final normed output.
         Returns:
-            `BaseModelOutputWithPast` with `last_hidden_state` [B, T, D] and `past_key_values`.
+            `BaseModelOutputWithPast` with `last_hidden_state` [B, T, D] and the cache (`past_key_values`; the
+            field is `cache` from transformers 5.24, with `past_key_values` as its alias).
         """
+        past_key_values = resolve_cache_argument(past_key_values, cache)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -242,8 +260,8 @@ class HopeModel(HopePreTrainedModel):
         hidden = self.norm(hidden)
         if output_hidden_states:
             all_hidden += (hidden,)
-        output = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values if use_cache else None,
-                                         hidden_states=all_hidden)
+        output = BaseModelOutputWithPast(last_hidden_state=hidden, hidden_states=all_hidden,
+                                         **{CACHE_FIELD: past_key_values if use_cache else None})
         return output if return_dict else output.to_tuple()
 
 
@@ -304,6 +322,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         in_context_cms: bool | None = None,
+        cache=None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """
@@ -319,6 +338,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         Returns:
             `CausalLMOutputWithPast` with `logits` [B, T_kept, vocab] and `loss` when `labels` is given.
         """
+        past_key_values = resolve_cache_argument(past_key_values, cache)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         in_context_cms = self.config.in_context_cms if in_context_cms is None else in_context_cms
         if in_context_cms:
@@ -329,7 +349,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
                 self._check_default_positions(position_ids, input_ids, attention_mask, past_key_values)
             logits, cache = self._in_context_logits(input_ids, attention_mask, past_key_values)
             use_cache = use_cache if use_cache is not None else self.config.use_cache
-            outputs = BaseModelOutputWithPast(past_key_values=cache if use_cache else None)
+            outputs = BaseModelOutputWithPast(**{CACHE_FIELD: cache if use_cache else None})
             logits = slice_logits_to_keep(logits, logits_to_keep)
         else:
             if isinstance(past_key_values, HopeCache) and past_key_values.segment_ids is not None:
@@ -356,8 +376,8 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        output = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                        hidden_states=outputs.hidden_states)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                        **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
         return output if return_dict else output.to_tuple()
 
     # --- in-context CMS (HOPE.md §4, Eq. 71): the driver of the fast weights' steps ----------------------------
