@@ -206,3 +206,20 @@ def test_memory_implementation_applies_to_the_hope_models_only(monkeypatch):
     assert result["memory_implementation"] == "compiled" and "Hope memory: compiled" in summary(result)
     with pytest.raises(ValueError, match="memory_implementation must be 'chunk', 'compiled' or None, got 'naive'"):
         run_bench(models=("hope",), lengths=(8,), parts=(), memory_implementation="naive", **SHAPE)
+
+
+def test_bench_warms_up_twice_for_the_compiled_memory(monkeypatch, capsys):
+    """`hope-hf bench` warms up 1 step per cell by default and 2 with `--memory-implementation compiled` (whose first
+    steps compile a graph per batch shape: a cell's first timed step must not include a compilation); an explicit
+    `--warmup` wins."""
+    seen = []
+
+    def fake_run_bench(**kwargs):
+        seen.append(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr("hope_hf.benchmark.run_bench", fake_run_bench)
+    for argv in ([], ["--memory-implementation", "compiled"], ["--memory-implementation", "compiled", "--warmup", "0"]):
+        assert main(["bench", *argv]) == 2
+    assert [(k["warmup"], k["memory_implementation"]) for k in seen] == [(1, None), (2, "compiled"), (0, "compiled")]
+    assert "stop here" in capsys.readouterr().err

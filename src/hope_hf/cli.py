@@ -260,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tokens-per-step", type=int, default=2048,
                        help="tokens of every training / inference step (batch = this // T, at least 1)")
     bench.add_argument("--repeats", type=int, default=3, help="timed steps per cell (the median is reported)")
-    bench.add_argument("--warmup", type=int, default=1, help="untimed steps per cell first")
+    bench.add_argument("--warmup", type=int, default=None,
+                       help="untimed steps per cell first (default: 1; 2 with --memory-implementation compiled, whose "
+                            "first steps compile a graph per batch shape)")
     bench.add_argument("--decode-steps", type=int, default=16, help="timed one-token decoding steps per cell")
     bench.add_argument("--parts", nargs="+", default=["train", "infer", "decode", "memory"],
                        choices=("train", "infer", "decode", "memory"), help="what to measure")
@@ -718,6 +720,8 @@ def bench_command(args: argparse.Namespace) -> int:
                     "decode_steps")
     if min(args.lengths) < 1:
         raise CliError(f"--lengths must be >= 1, got {args.lengths}")
+    if args.warmup is None:
+        args.warmup = 2 if args.memory_implementation == "compiled" else 1
     if args.warmup < 0:
         raise CliError(f"--warmup must be >= 0, got {args.warmup}")
     import torch
