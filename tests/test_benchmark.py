@@ -223,3 +223,16 @@ def test_bench_warms_up_twice_for_the_compiled_memory(monkeypatch, capsys):
         assert main(["bench", *argv]) == 2
     assert [(k["warmup"], k["memory_implementation"]) for k in seen] == [(1, None), (2, "compiled"), (0, "compiled")]
     assert "stop here" in capsys.readouterr().err
+
+
+def test_the_saved_activation_probe_is_short(monkeypatch):
+    """The probe that predicts a step's saved activations runs one row of at most PROBE_TOKENS tokens (a probe as long
+    as an 8192-token step held the memory the guard was about to check, so the step was skipped for lack of it)."""
+    from hope_hf import benchmark
+
+    seen = []
+    monkeypatch.setattr(benchmark, "PROBE_TOKENS", 8)
+    monkeypatch.setattr(benchmark, "saved_activation_bytes", lambda subject, ids, dtype: seen.append(ids.shape) or 1)
+    run_bench(models=("hope",), lengths=(16, 32), tokens_per_step=32, repeats=1, warmup=0, parts=("train",),
+              matmul_size=64, **SHAPE)
+    assert set(seen) == {torch.Size([1, 8])}

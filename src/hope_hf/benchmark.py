@@ -349,6 +349,8 @@ def available_bytes(device: torch.device) -> int:
 
 #: A training step is skipped when its saved activations would take more than this share of the free memory.
 MEMORY_SHARE = 0.6
+#: Tokens of the forward that measures saved activations per token (one row of the shortest length, cut to this).
+PROBE_TOKENS = 512
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -478,7 +480,8 @@ def run_bench(
     # saved activations per token, from a short forward: a training step that would not fit is skipped, not run
     per_token = {}
     if "train" in parts or "memory" in parts:
-        probe = inputs[min(lengths)][:1]
+        # at most PROBE_TOKENS: a probe as long as the step would hold the very memory the guard protects
+        probe = inputs[min(lengths)][:1, :PROBE_TOKENS]
         for s in subjects:
             per_token[s.name] = saved_activation_bytes(s, probe, dtype) / probe.numel()
             log(f"{s.name:15s} saved activations {per_token[s.name] * 1024 / 2**20:8.1f} MiB per 1K tokens")
