@@ -591,13 +591,16 @@ class _StackState:
         pair_out = w_out.unsqueeze(3) if mom_out is None else torch.stack([w_out, mom_out], dim=3)
         return cls(pair_in, pair_out, pick(state.anchor_in), pick(state.anchor_out), None, state.position)
 
+    def anchors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A⁰, B⁰ of the stack."""
+        if self.anchor_pairs is None:
+            return self.anchor_in, self.anchor_out
+        return _unpair(*self.anchor_pairs)[:2]
+
     def memory_state(self) -> MemoryState:
         """The `MemoryState` of the stack (views of the pairs)."""
         w_in, w_out, mom_in, mom_out = _unpair(self.pair_in, self.pair_out)
-        anchor_in, anchor_out = self.anchor_in, self.anchor_out
-        if self.anchor_pairs is not None:
-            anchor_in, anchor_out = _unpair(*self.anchor_pairs)[:2]
-        return MemoryState(w_in, w_out, anchor_in, anchor_out, mom_in, mom_out, self.position)
+        return MemoryState(w_in, w_out, *self.anchors(), mom_in, mom_out, self.position)
 
 
 def _chunk_loop(update, pieces: list, state: _StackState, chunk: int, rule: MemoryRule, checkpoint_chunks: int
@@ -625,7 +628,7 @@ def _chunk_loop(update, pieces: list, state: _StackState, chunk: int, rule: Memo
                 state = _StackState(pair_in, pair_out, None, None, (state.pair_in, state.pair_out),
                                     state.position + length)
             else:
-                anchor_in, anchor_out = state.memory_state().anchor_in, state.memory_state().anchor_out
+                anchor_in, anchor_out = state.anchors()
                 out, pair_in, pair_out = update(piece, anchor_in, anchor_out, state.pair_in, state.pair_out, rule)
                 state = _StackState(pair_in, pair_out, anchor_in, anchor_out, None, state.position + length)
             outputs.append(out)
@@ -636,17 +639,15 @@ def _chunk_loop(update, pieces: list, state: _StackState, chunk: int, rule: Memo
     outputs = []
     for i in range(0, len(pieces), checkpoint_chunks):
         group = pieces[i:i + checkpoint_chunks]
-        start = state.memory_state()
 
-        def run_group(pair_in, pair_out, anchor_in, anchor_out, group=group, position=start.position):
+        def run_group(pair_in, pair_out, anchor_in, anchor_out, group=group, position=state.position):
             out, end = run(group, _StackState(pair_in, pair_out, anchor_in, anchor_out, None, position))
-            end_anchors = end.memory_state()
-            return out, end.pair_in, end.pair_out, end_anchors.anchor_in, end_anchors.anchor_out
+            return out, end.pair_in, end.pair_out, *end.anchors()
 
         out, pair_in, pair_out, anchor_in, anchor_out = torch.utils.checkpoint.checkpoint(
-            run_group, state.pair_in, state.pair_out, start.anchor_in, start.anchor_out, use_reentrant=False)
+            run_group, state.pair_in, state.pair_out, *state.anchors(), use_reentrant=False)
         state = _StackState(pair_in, pair_out, anchor_in, anchor_out, None,
-                            start.position + sum(length for _, length in group))
+                            state.position + sum(length for _, length in group))
         outputs.append(out)
     return _cat_pieces(outputs), state
 
