@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from hope_hf import self_modifying
-from hope_hf.benchmark import REFERENCE, bench_configs, build_model
+from hope_hf.benchmark import REFERENCE, Subject, bench_configs, build_model, time_round_robin, training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +60,7 @@ def main() -> None:
     configs["hope"].memory_implementation = implementation
     torch.manual_seed(0)
     batch = max(1, 2048 // args.length)
+    ids = torch.randint(0, configs["hope"].vocab_size, (batch, args.length))
     if args.layer:
         layer = self_modifying.SelfModifyingTitans(configs["hope"], 0)
         layer.init_parameters(configs["hope"].initializer_range)
@@ -70,37 +69,21 @@ def main() -> None:
         def hope_step():
             y, _ = layer(x)
             y.square().sum().backward()
+        reference = {}
     else:
-        models = {name: build_model(config) for name, config in configs.items()}
-        optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
-        ids = torch.randint(0, configs["hope"].vocab_size, (batch, args.length))
+        hope_step = training_step(Subject("hope", configs["hope"], build_model(configs["hope"])), ids, torch.float32)
+        reference = {REFERENCE: training_step(Subject(REFERENCE, configs[REFERENCE], build_model(configs[REFERENCE])),
+                                              ids, torch.float32)}
 
-        def model_step(name):
-            models[name](input_ids=ids, labels=ids, use_cache=False).loss.backward()
-            optimizers[name].step()
-            optimizers[name].zero_grad(set_to_none=True)
-
-        def hope_step():
-            model_step("hope")
-
-    def step(name: str) -> float:
-        start = time.perf_counter()
-        if name == REFERENCE:
-            model_step(REFERENCE)
-        else:
+    def with_memory(name: str):
+        def step():
             self_modifying.IMPLEMENTATIONS[implementation] = memories[name]
             hope_step()
-        return time.perf_counter() - start
+        return step
 
-    names = [*memories, *(() if args.layer else (REFERENCE,))]
-    for name in names:                                   # warm-up (and compilation)
-        step(name)
-        step(name)
-    times = {name: [] for name in names}
-    for _ in range(args.repeats):
-        for name in names:
-            times[name].append(step(name))
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    # two warm-up rounds: the compiled steps compile in the first
+    medians = time_round_robin({**{name: with_memory(name) for name in memories}, **reference}, args.repeats,
+                               warmup=2)
     what = "one self-modifying layer, fwd + bwd" if args.layer else "training step, fwd + bwd + AdamW"
     print(f"{what}; memory: {implementation}; batch {batch} x {args.length} tokens; medians of {args.repeats}")
     for name, seconds in medians.items():

@@ -429,7 +429,7 @@ def run_bench(
     the bench shape (`hidden_size`, `layers`, `heads`, `vocab_size`). `gradient_checkpointing` turns it on in
     every model (per block; training steps only). `memory_implementation` (`"chunk"` or `"compiled"`) runs the
     self-modifying memories of every Hope model that way (default: each configuration's own, `"chunk"`); a
-    compiled model's first steps compile, so give it `warmup` ≥ 1.
+    compiled model's first steps compile a graph per batch shape, so give it `warmup` ≥ 2 (as `hope-hf bench` does).
 
     Returns:
         {"machine", "torch", "device", "dtype", "matmul_peak_flops", "peak_memory", "models": {name: {"parameters",
