@@ -18,7 +18,7 @@ import time
 import torch
 from transformers import LlamaForCausalLM
 
-from hope_hf import HopeConfig, HopeForCausalLM
+from hope_hf import HopeConfig, HopeForCausalLM, output_cache
 from hope_hf.baselines import count_parameters, matched_llama_config
 from hope_hf.model_configs import available_configs, load_config
 
@@ -67,8 +67,8 @@ def correctness(device: str) -> dict:
         out[f"{mixer}_bf16_loss"] = result.loss.item()
         out[f"{mixer}_bf16_grads_finite"] = all(bool(torch.isfinite(g).all()) for g in grads)
         if mixer == "self_modifying":
-            out["bf16_memory_state_dtype"] = str(result.past_key_values.layers[0].state.memory.w_in.dtype) \
-                if hasattr(result.past_key_values, "layers") else "n/a"
+            out["bf16_memory_state_dtype"] = str(output_cache(result).layers[0].state.memory.w_in.dtype) \
+                if hasattr(output_cache(result), "layers") else "n/a"
     return out
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
+from hope_hf import HopeCache, HopeConfig, HopeForCausalLM, output_cache
 from hope_hf.memory_ops import (
     MemoryRule,
     chunk_memory_update,
@@ -123,11 +123,11 @@ def test_prefill_then_decode_equals_full_forward(variant, prefill):
     with torch.no_grad():
         full = model(x, use_cache=True)
         out = model(x[:, :prefill], use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         logits = torch.cat([out.logits, decode(model, x[:, prefill:], cache)], dim=1)
     assert isinstance(cache, HopeCache) and cache.get_seq_length() == x.shape[1]
     assert (logits - full.logits).abs().max() < 1e-5
-    assert_caches_close(cache, full.past_key_values)
+    assert_caches_close(cache, output_cache(full))
 
 
 @pytest.mark.parametrize("variant", ["hope", "hope-attention"])
@@ -139,11 +139,11 @@ def test_prefill_then_decode_with_in_context_cms(variant):
     with torch.no_grad():
         full = model(x, use_cache=True)
         assert all(layer.cms is not None and layer.cms["delta"][0][0].abs().max() > 0
-                   for layer in full.past_key_values.layers)
+                   for layer in output_cache(full).layers)
         out = model(x[:, :6], use_cache=True)
-        logits = torch.cat([out.logits, decode(model, x[:, 6:], out.past_key_values)], dim=1)
+        logits = torch.cat([out.logits, decode(model, x[:, 6:], output_cache(out))], dim=1)
     assert (logits - full.logits).abs().max() < 1e-5
-    assert_caches_close(out.past_key_values, full.past_key_values)
+    assert_caches_close(output_cache(out), output_cache(full))
 
 
 def test_prefill_in_pieces_equals_one_prefill():
@@ -155,7 +155,7 @@ def test_prefill_in_pieces_equals_one_prefill():
         cache = HopeCache(model.config)
         logits = torch.cat([model(x[:, a:b], past_key_values=cache).logits for a, b in ((0, 5), (5, 14), (14, 27))], 1)
     assert (logits - full.logits).abs().max() < 1e-5
-    assert_caches_close(cache, full.past_key_values)
+    assert_caches_close(cache, output_cache(full))
 
 
 # --- padding -----------------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_padded_prefill_then_decode_equals_each_prompt_alone(variant, side):
     new = ids(2, 10, seed=7)
     with torch.no_grad():
         out = model(batch, attention_mask=mask, use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         mask = torch.cat([mask, torch.ones_like(new)], 1)
         steps = torch.cat([model(new[:, t:t + 1], attention_mask=mask[:, :41 + t], past_key_values=cache).logits
                            for t in range(10)], 1)
@@ -189,7 +189,7 @@ def test_padded_prefill_then_decode_equals_each_prompt_alone(variant, side):
             assert torch.allclose(real, alone.logits[0, :n], atol=1e-10, rtol=1e-8)
             assert torch.allclose(steps[row], alone.logits[0, n:], atol=1e-10, rtol=1e-8)
             if variant != "hope-attention":       # the attention cache keeps the padded columns, by design
-                assert_caches_close(cache, alone.past_key_values, slice(row, row + 1), slice(0, 1), atol=1e-10)
+                assert_caches_close(cache, output_cache(alone), slice(row, row + 1), slice(0, 1), atol=1e-10)
 
 
 def test_ragged_multi_token_call_equals_single_tokens():
@@ -199,8 +199,8 @@ def test_ragged_multi_token_call_equals_single_tokens():
     batch, mask = padded_batch("left", ids(1, 3, seed=5), ids(1, 11, seed=6))
     new = ids(2, 6, seed=7)
     with torch.no_grad():
-        one = model(batch, attention_mask=mask, use_cache=True).past_key_values
-        two = model(batch, attention_mask=mask, use_cache=True).past_key_values
+        one = output_cache(model(batch, attention_mask=mask, use_cache=True))
+        two = output_cache(model(batch, attention_mask=mask, use_cache=True))
         assert one.layers[0].positions.tolist() == [3, 11]
         together = model(new, past_key_values=one).logits
         apart = decode(model, new, two)
@@ -219,7 +219,7 @@ def test_batch_operations_equal_a_cache_built_from_the_selected_rows(variant):
 
     def prefill(rows):
         with torch.no_grad():
-            return model(x[rows], use_cache=True).past_key_values
+            return output_cache(model(x[rows], use_cache=True))
 
     cases = [
         ("reorder_cache", torch.tensor([2, 0, 0]), lambda c: c.reorder_cache(torch.tensor([2, 0, 0]))),
@@ -240,7 +240,7 @@ def test_cache_counters_reset_and_crop():
     model = build()
     x = ids(1, 10)
     with torch.no_grad():
-        cache = model(x, use_cache=True).past_key_values
+        cache = output_cache(model(x, use_cache=True))
         assert cache.get_seq_length() == 10 and cache.batch_size == 1
         projection, memory = cache.layers[0].chunk_offsets()
         assert projection.tolist() == [10 % 4] and memory.tolist() == [10 % 8]
@@ -258,8 +258,8 @@ def test_states_stay_float32_in_bf16():
     x = ids(2, 12)
     with torch.no_grad():
         out = model(x, use_cache=True)
-        step = model(ids(2, 1, seed=3), past_key_values=out.past_key_values)
-    state = out.past_key_values.layers[0].state
+        step = model(ids(2, 1, seed=3), past_key_values=output_cache(out))
+    state = output_cache(out).layers[0].state
     assert state.conv.dtype == torch.float32
     assert all(t.dtype == torch.float32 for t in (state.memory.w_in, state.memory.anchor_out, state.memory.mom_in))
     assert torch.isfinite(step.logits).all()
@@ -270,7 +270,7 @@ def test_bad_cache_inputs_raise():
     x = ids(2, 6)
     with pytest.raises(ValueError, match="HopeCache"):
         model(x, past_key_values=DynamicCache())
-    cache = model(x, use_cache=True).past_key_values
+    cache = output_cache(model(x, use_cache=True))
     with pytest.raises(ValueError, match=r"attention_mask must have shape .*past \+ seq_len"):
         model(x[:, :1], attention_mask=torch.ones(2, 3), past_key_values=cache)
 
@@ -299,9 +299,9 @@ def test_the_cache_under_either_argument_name():
 
 def test_no_cache_while_training_with_checkpointing():
     model = build().train()
-    assert model(ids(), use_cache=False).past_key_values is None
+    assert output_cache(model(ids(), use_cache=False)) is None
     model.activation_checkpointing_enable()
-    assert model(ids()).past_key_values is None
+    assert output_cache(model(ids())) is None
 
 
 @pytest.mark.parametrize("variant", ["hope", "hope-attention"])

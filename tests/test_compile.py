@@ -16,7 +16,7 @@ import torch
 import torch._dynamo
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hope_hf import HopeConfig, HopeForCausalLM
+from hope_hf import HopeConfig, HopeForCausalLM, output_cache
 
 MIXERS = ["self_modifying", "attention"]
 
@@ -74,8 +74,8 @@ def test_cached_decoding_step_compiles_fullgraph(tiny_kwargs, mixer):
 
     compiled_step = torch.compile(step, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
-        eager_cache = model(input_ids=ids[:, :3]).past_key_values
-        compiled_cache = model(input_ids=ids[:, :3]).past_key_values
+        eager_cache = output_cache(model(input_ids=ids[:, :3]))
+        compiled_cache = output_cache(model(input_ids=ids[:, :3]))
         for t in range(3, 6):
             token = ids[:, t:t + 1]
             torch.testing.assert_close(compiled_step(token, compiled_cache), step(token, eager_cache),
@@ -136,7 +136,7 @@ def test_eager_forward_reads_the_host_only_to_check_token_ids(tiny_kwargs, mixer
     ids = torch.randint(3, 99, (2, LENGTH))
     calls = {"training": lambda: model(input_ids=ids, labels=ids, use_cache=False).loss.backward()}
     with torch.no_grad():
-        cache = model(input_ids=ids[:, :3]).past_key_values
+        cache = output_cache(model(input_ids=ids[:, :3]))
     calls["prefill"] = lambda: model(input_ids=ids)
     calls["decode 1"] = lambda: model(input_ids=ids[:, 3:4], past_key_values=cache)
     calls["decode 2"] = lambda: model(input_ids=ids[:, 4:5], past_key_values=cache)

@@ -112,6 +112,39 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(corpus_file, dirs
     assert common.train_run(run, SETTINGS, "study", **other, log=lambda s: None)["finished"] == saved["finished"]
 
 
+def test_memory_implementation_reaches_the_model_and_a_run_resumes_under_the_other(corpus_file, dirs, tmp_path,
+                                                                                    monkeypatch):
+    """`--memory-implementation compiled` runs the memories through `compiled_chunk_updates()` (stubbed here with the
+    eager functions, counted: compiling is not what this tests), is recorded in the result, and a run stopped under
+    one implementation resumes under the other."""
+    from hope_hf import memory_ops
+
+    calls = []
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            calls.append(fn.__name__)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(memory_ops, "compiled_chunk_updates", lambda: (counted(memory_ops.projection_chunk_update),
+                                                                       counted(memory_ops.main_chunk_update)))
+    run = common.Run(name="hope", config=hope_config(), data=str(corpus_file))
+    straight = common.train_run(run, SETTINGS, "study", **dirs, log=lambda s: None)
+    assert straight["memory_implementation"] == "chunk" and not calls
+
+    other = {**dirs, "results_dir": tmp_path / "results2", "checkpoint_dir": tmp_path / "ckpt2"}
+    assert common.train_run(run, SETTINGS, "study", **other, stop_after_steps=3, log=lambda s: None) is None
+    assert not calls
+    resumed = common.train_run(run, SETTINGS, "study", **other, memory_implementation="compiled", log=lambda s: None)
+    assert {"projection_chunk_update", "main_chunk_update"} <= set(calls)
+    assert resumed["memory_implementation"] == "compiled"
+    assert resumed["validation"]["loss"] == straight["validation"]["loss"]      # the same functions: same numbers
+    llama = common.train_run(common.Run(name="llama", config=llama_config(), data=str(corpus_file)), SETTINGS,
+                             "study", **dirs, memory_implementation="compiled", log=lambda s: None)
+    assert llama["memory_implementation"] is None                              # a Llama has no memories
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(corpus_file, dirs):
     run = common.Run(name="hope", config=hope_config(), data=str(corpus_file))
     common.train_run(run, SETTINGS, "study", **dirs, stop_after_steps=2, log=lambda s: None)

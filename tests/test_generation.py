@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TextStreamer
 
-from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
+from hope_hf import HopeCache, HopeConfig, HopeForCausalLM, cache_argument, output_cache
 
 from conftest import tiny_config_kwargs, tiny_tokenizer
 
@@ -29,8 +29,8 @@ def test_greedy_with_and_without_cache_are_identical(mixer):
     model = build(mixer)
     x = prompt()
     out = model.generate(x, max_new_tokens=12, do_sample=False, return_dict_in_generate=True, **NO_EOS)
-    assert isinstance(out.past_key_values, HopeCache)
-    assert out.past_key_values.get_seq_length() == 9 + 12 - 1        # the last token is not fed back
+    assert isinstance(output_cache(out), HopeCache)
+    assert output_cache(out).get_seq_length() == 9 + 12 - 1        # the last token is not fed back
     assert out.sequences.shape == (2, 21)
     uncached = model.generate(x, max_new_tokens=12, do_sample=False, use_cache=False, **NO_EOS)
     assert torch.equal(out.sequences, uncached)
@@ -43,7 +43,7 @@ def test_continuing_from_a_returned_cache_and_from_embeddings(mixer):
     model = build(mixer)
     x = prompt()
     first = model.generate(x, max_new_tokens=5, do_sample=False, return_dict_in_generate=True, **NO_EOS)
-    resumed = model.generate(first.sequences, past_key_values=first.past_key_values, max_new_tokens=6,
+    resumed = model.generate(first.sequences, **cache_argument(output_cache(first)), max_new_tokens=6,
                              do_sample=False, **NO_EOS)
     reference = model.generate(x, max_new_tokens=11, do_sample=False, use_cache=False, **NO_EOS)
     assert torch.equal(resumed, reference)
@@ -110,5 +110,5 @@ def test_bfloat16_loading_and_generation(tmp_path):
     out = model.generate(prompt(), max_new_tokens=8, do_sample=False, return_dict_in_generate=True,
                          output_logits=True, **NO_EOS)
     assert all(torch.isfinite(step).all() for step in out.logits)
-    state = out.past_key_values.layers[0].state
+    state = output_cache(out).layers[0].state
     assert state.memory.w_in.dtype == torch.float32 and state.conv.dtype == torch.float32

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
+from hope_hf import HopeCache, HopeConfig, HopeForCausalLM, output_cache
 
 from conftest import tiny_config_kwargs
 
@@ -48,7 +48,7 @@ def test_pieces_and_token_by_token_equal_one_online_forward(mixer):
     assert (full.logits - off.logits).abs().max() > 1e-3                   # the fast weights did change outputs
     assert (pieces - full.logits).abs().max() < 1e-5
     assert (decoded - full.logits).abs().max() < 1e-5
-    for a, b, c in zip(deltas(full.past_key_values), deltas(pieces_cache), deltas(decode_cache), strict=True):
+    for a, b, c in zip(deltas(output_cache(full)), deltas(pieces_cache), deltas(decode_cache), strict=True):
         assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a, c, atol=1e-6)
 
 
@@ -97,7 +97,7 @@ def test_equals_a_plain_reference_loop():
     assert (torch.cat(logits, 1) - online.logits).abs().max() < 1e-5
     for key in ("delta", "grad"):
         got, want = ([t for layer in c.layers for e in layer.cms[key] if e is not None for t in e]
-                     for c in (online.past_key_values, cache))
+                     for c in (output_cache(online), cache))
         for a, b in zip(got, want, strict=True):
             assert torch.allclose(a, b, atol=1e-6), key
 
@@ -139,7 +139,7 @@ def test_off_by_default_and_switches():
     model = HopeForCausalLM(config).eval()
     with torch.no_grad():
         out = model(ids(), use_cache=True)
-    assert all(layer.cms is None for layer in out.past_key_values.layers)
+    assert all(layer.cms is None for layer in output_cache(out).layers)
     with pytest.raises(ValueError, match="chunk_size > 0"):
         model(ids(), in_context_cms=True)
     with pytest.raises(ValueError, match="in_context_cms"):
@@ -160,11 +160,11 @@ def test_refuses_embeddings_other_positions_and_checkpointing():
     with torch.no_grad():
         assert torch.equal(model(x, attention_mask=torch.ones_like(x)).logits, model(x).logits)
         assert torch.equal(model(x, position_ids=torch.arange(22).expand(2, 22)).logits, model(x).logits)
-        cache = model(x[:, :6]).past_key_values                 # ends inside a chunk of 4
+        cache = output_cache(model(x[:, :6]))                 # ends inside a chunk of 4
     with pytest.raises(ValueError, match="inside an in-context segment"):
         model(x[:, 6:], past_key_values=cache, in_context_cms=False)
     with torch.no_grad():                           # at a step of level 0 only: the pending pair is dropped
-        cache = model(x[:, :4]).past_key_values
+        cache = output_cache(model(x[:, :4]))
         assert bool(cache.pending_segment_rows(2, x.device).all())
         model(x[:, 4:], past_key_values=cache, in_context_cms=False)
         assert cache.segment_ids is None and cache.seen_tokens == 22
@@ -200,15 +200,15 @@ def test_padded_batch_equals_each_row_alone(mixer, side):
     x, mask = padded(rows, side)
     with torch.no_grad():
         first = model(x, attention_mask=mask)
-        cache = first.past_key_values
+        cache = output_cache(first)
         second = model(more, past_key_values=cache).logits
         for b, r in enumerate(rows):
             alone = model(r[None])
             real = mask[b].bool()
             assert (first.logits[b, real] - alone.logits[0]).abs().max() < 1e-5, b
-            alone_second = model(more[b:b + 1], past_key_values=alone.past_key_values).logits
+            alone_second = model(more[b:b + 1], past_key_values=output_cache(alone)).logits
             assert (second[b] - alone_second[0]).abs().max() < 1e-5, b
-            for got, want in zip(fast_weights(cache, b), fast_weights(alone.past_key_values, 0), strict=True):
+            for got, want in zip(fast_weights(cache, b), fast_weights(output_cache(alone), 0), strict=True):
                 assert (got - want).abs().max() < 1e-5, b
     assert all(t.abs().max() > 0 for t in fast_weights(cache, 1)[:6])                  # the fast weights did step
 
@@ -240,7 +240,7 @@ def test_training_forward_trains_first_order():
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads.values())
     assert all(g.abs().max() > 0 for n, g in grads.items() if ".cms.levels." in n)
-    assert not any(t.requires_grad for t in deltas(out.past_key_values))
+    assert not any(t.requires_grad for t in deltas(output_cache(out)))
     still = build(cms_levels=levels(lr0=0.0, lr1=0.0)).train()
     on = torch.autograd.grad(still(x, labels=x).loss, list(still.parameters()))
     off = torch.autograd.grad(still(x, labels=x, in_context_cms=False).loss, list(still.parameters()))

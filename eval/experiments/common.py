@@ -413,9 +413,11 @@ def _save_atomic(obj: Any, path: Path) -> None:
 def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "cpu",
               results_dir: Path = RESULTS_DIR, checkpoint_dir: Path = CHECKPOINT_DIR, cache_dir: Path = CACHE_DIR,
               deadline: float | None = None, stop_after_steps: int | None = None, force: bool = False,
-              log: Callable[[str], None] = print) -> dict | None:
+              memory_implementation: str = "chunk", log: Callable[[str], None] = print) -> dict | None:
     """Train one run to the end (or until `deadline`, a `time.time()` value, or `stop_after_steps`), resuming
-    from its checkpoint.
+    from its checkpoint. `memory_implementation` (`"chunk"` or `"compiled"`: the same function, the compiled one
+    faster once compiled) is how Hope models run their memories; it is recorded in the result, it is not part of the
+    run's identity (a run may resume under the other one).
 
     Returns:
         The result dict (also written to `<results_dir>/<study>/<run.name>.json`), or `None` if the run
@@ -430,6 +432,8 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         ckpt_path.unlink()
     dev = torch.device(device)
     config = build_config(run)
+    if hasattr(config, "memory_implementation"):          # Hope configs; a Llama has no such field
+        config.memory_implementation = memory_implementation
     corpus = load_corpus(run.data, config.vocab_size, cache_dir)
     train_blocks = corpus.blocks("train", settings.block_size)
     val_blocks = corpus.blocks("validation", settings.block_size)
@@ -529,6 +533,7 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         "train_seconds": train_seconds, "curve_eval_seconds": eval_seconds,
         "tokens_per_second": step * settings.tokens_per_step / max(train_seconds, 1e-9),
         "device": device_name(dev), "dtype": "bf16 autocast" if dev.type == "cuda" else "float32",
+        "memory_implementation": getattr(config, "memory_implementation", None),
         "torch": torch.__version__, "transformers": _transformers_version(), "git_commit": git_commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -655,6 +660,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
                         default=None, help="keep every activation (faster, much more memory for Hope)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
+    parser.add_argument("--memory-implementation", choices=("chunk", "compiled"), default="chunk",
+                        help="Hope's memories: chunk-wise (eager) or the same chunk functions under torch.compile")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads per run (default: cores / jobs, at least 1)")
     parser.add_argument("--max-minutes", type=float, default=None,
@@ -830,7 +837,8 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
             continue
         result = train_run(run, run_settings(run, settings, args), study, device=device, results_dir=args.results_dir,
                            checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, deadline=deadline,
-                           force=args.force, log=lambda s: print(s, flush=True))
+                           force=args.force, memory_implementation=args.memory_implementation,
+                           log=lambda s: print(s, flush=True))
         if result is None:
             unfinished.append(run.name)
     return EXIT_INTERRUPTED if unfinished else 0

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache import HopeCache
 from .configuration_hope import HopeConfig
-from .modeling_hope import HopeBlock, HopeForCausalLM, HopeModel, HopePreTrainedModel
+from .modeling_hope import HopeBlock, HopeForCausalLM, HopeModel, HopePreTrainedModel, cache_argument, output_cache
 from .streaming import MemoryStream
 
 __version__ = "0.1.0"
@@ -24,4 +24,4 @@ HopeModel.register_for_auto_class("AutoModel")
 HopeForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = ["HopeBlock", "HopeCache", "HopeConfig", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel", "MemoryStream",
-           "__version__"]
+           "__version__", "cache_argument", "output_cache"]

@@ -45,7 +45,7 @@ from .baselines import count_parameters, matched_llama_config
 from .configuration_hope import HopeConfig
 from .flops import forward_flops, training_flops
 from .model_configs import CONFIG_DIR, load_config
-from .modeling_hope import HopeForCausalLM
+from .modeling_hope import HopeForCausalLM, cache_argument, output_cache
 
 #: The reference every ratio is taken against.
 REFERENCE = "llama"
@@ -374,14 +374,14 @@ def measure_decode(subjects: Sequence[Subject], lengths: Sequence[int], steps: i
             ids = torch.randint(0, vocab, (1, length), device=device)
             with _autocast(device, dtype):
                 out = subject.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            cells[subject.name, length] = {"subject": subject, "cache": out.past_key_values,
+            cells[subject.name, length] = {"subject": subject, "cache": output_cache(out),
                                            "token": out.logits[:, -1:].argmax(-1)}
             del out
 
     def decode(cell):
         def step():
             with _autocast(device, dtype):
-                out = cell["subject"].model(input_ids=cell["token"], past_key_values=cell["cache"],
+                out = cell["subject"].model(input_ids=cell["token"], **cache_argument(cell["cache"]),
                                             use_cache=True, logits_to_keep=1)
             cell["token"] = out.logits[:, -1:].argmax(-1)
             synchronize(device)

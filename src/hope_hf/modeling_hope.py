@@ -33,6 +33,18 @@ from .self_modifying import IMPLEMENTATIONS, FastMemoryBank, SelfModifyingTitans
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+def output_cache(outputs):
+    """The cache of a model output (any transformers output with a cache, e.g. a `generate` result), read under the
+    installed version's field name: no deprecation warning on >= 5.24, no `AttributeError` on <= 5.23."""
+    return getattr(outputs, CACHE_FIELD)
+
+
+def cache_argument(cache) -> dict:
+    """`{name: cache}` with the installed version's argument name, for `model(**cache_argument(c))` and `generate` of
+    models that take only one of the two names (a Llama on 5.23 ignores `cache=`; on 5.24+ it warns on the other)."""
+    return {CACHE_FIELD: cache}
+
+
 def resolve_cache_argument(past_key_values, cache):
     """The cache a forward was given, under the old name `past_key_values` or the new `cache` (not both)."""
     if past_key_values is not None and cache is not None and past_key_values is not cache:
