@@ -145,6 +145,30 @@ def test_memory_implementation_reaches_the_model_and_a_run_resumes_under_the_oth
     assert llama["memory_implementation"] is None                              # a Llama has no memories
 
 
+def test_a_result_of_the_same_training_is_taken_and_another_is_not(corpus_file, dirs):
+    run = common.Run(name="hope", config=hope_config(), data=str(corpus_file))
+    source = common.train_run(run, SETTINGS, "first", **dirs, log=lambda s: None)
+    source_path = dirs["results_dir"] / "first" / "hope.json"
+    logs = []
+    kwargs = {"results_dir": dirs["results_dir"], "cache_dir": dirs["cache_dir"], "log": logs.append}
+
+    twin = common.Run(name="base", config=hope_config(), data=str(corpus_file), label="the base")
+    taken = common.adopt_identical_result(twin, SETTINGS, "second", source_path, **kwargs)
+    assert taken["run"] == "base" and taken["study"] == "second" and taken["same_training_as"] == "first/hope"
+    assert taken["validation"] == source["validation"] and taken["curve"] == source["curve"]
+    assert json.loads((dirs["results_dir"] / "second" / "base.json").read_text()) == taken
+    assert common.adopt_identical_result(twin, SETTINGS, "second", source_path, **kwargs) is None   # has one now
+
+    other_config = common.Run(name="k", config=hope_config(), data=str(corpus_file), overrides={"adaptive_k": False})
+    other_settings = dataclasses.replace(SETTINGS, lr=1e-3)
+    assert common.adopt_identical_result(other_config, SETTINGS, "second", source_path, **kwargs) is None
+    assert common.adopt_identical_result(twin, other_settings, "third", source_path, **kwargs) is None
+    assert common.adopt_identical_result(twin, SETTINGS, "third", source_path, device="cuda", **kwargs) is None
+    assert [line.split("(")[1].split(" differ")[0] for line in logs[-3:]] == ["config", "settings", "dtype"]
+    assert not (dirs["results_dir"] / "second" / "k.json").exists()
+    assert not (dirs["results_dir"] / "third").exists()
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(corpus_file, dirs):
     run = common.Run(name="hope", config=hope_config(), data=str(corpus_file))
     common.train_run(run, SETTINGS, "study", **dirs, stop_after_steps=2, log=lambda s: None)

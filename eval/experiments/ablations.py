@@ -9,6 +9,9 @@ CMS levels keep the count equal.
 
 Table 6 rows: w/o DGD (plain GD inner updates), w/o momentum, w/o weight decay (α ≡ 1), w/o CMS (one
 level as wide as the three), static k, static v, adaptive q.
+The base row is the LM comparison's `hope-tiny` run on the same corpus: when `lm_comparison.py` has its result in the
+same results folder, made with the same config, corpus, settings and dtype, it is taken (marked `same_training_as`)
+instead of training the same model twice.
 Open knobs: memory expansion r (1, 4; base 2), the chunk sizes C_o/C_m (8/32, 32/128; base 16/64), CMS
 levels and periods (2, 4 levels; periods all 1; 1/2/4), the inner learning-rate range (eta_max, eta_init),
 the retention-gate initialisation alpha_init (0.9, 0.99; base 0.999).
@@ -84,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="embedded", help="'embedded' or the path of a text file / folder")
     args = parser.parse_args(argv)
     study_runs = runs(args.data)
+    # the base row is the LM comparison's hope-tiny run on the same corpus: taken from there when it exists with
+    # the same config, corpus, settings and dtype, not trained twice
+    base_twin = Path(args.results_dir) / "lm_comparison" / f"{BASE}@{common.corpus_tag(args.data)}.json"
     return common.main(STUDY, f"Hope ablations ({BASE}): validation loss vs training tokens", study_runs,
-                       common.TrainSettings(), args, argv, __file__, baseline=study_runs[0].name)
+                       common.TrainSettings(), args, argv, __file__, baseline=study_runs[0].name,
+                       same_training={study_runs[0].name: base_twin})
 
 
 if __name__ == "__main__":

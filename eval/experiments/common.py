@@ -532,7 +532,7 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         "curve": curve, "train_loss_last100": _mean_finite([l for _, l in train_losses[-100:]]),
         "train_seconds": train_seconds, "curve_eval_seconds": eval_seconds,
         "tokens_per_second": step * settings.tokens_per_step / max(train_seconds, 1e-9),
-        "device": device_name(dev), "dtype": "bf16 autocast" if dev.type == "cuda" else "float32",
+        "device": device_name(dev), "dtype": _dtype_name(dev),
         "memory_implementation": getattr(config, "memory_implementation", None),
         "torch": torch.__version__, "transformers": _transformers_version(), "git_commit": git_commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -544,6 +544,50 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         ckpt_path.unlink()
     log(f"[{run.name}] done: validation perplexity {result['validation']['perplexity']}, "
         f"{train_seconds:.0f} s, {result['tokens_per_second']:.0f} tokens/s -> {result_path}")
+    return result
+
+
+#: Config fields that do not change what a run computes (ignored when two runs are compared).
+_NOT_THE_TRAINING = ("memory_implementation", "transformers_version")
+
+
+def _dtype_name(device: torch.device) -> str:
+    return "bf16 autocast" if device.type == "cuda" else "float32"
+
+
+def adopt_identical_result(run: Run, settings: TrainSettings, study: str, source: Path, *, device: str = "cpu",
+                           results_dir: Path = RESULTS_DIR, cache_dir: Path = CACHE_DIR,
+                           log: Callable[[str], None] = print) -> dict | None:
+    """Take another study's result as `run`'s when it is the same training, instead of training it again.
+
+    Same training: the same full model config (the memory implementation aside: the same function), the same corpus
+    (token cache key), the same settings and the same dtype as `run` on `device`. Then the result is written as
+    `run`'s (study and run renamed, `same_training_as` naming the source) and returned; otherwise (or if `run` has a
+    result already, or `source` does not exist) nothing is written and `None` is returned. On a CPU a training is
+    deterministic (the resume tests compare bit for bit), so a rerun would give the very same numbers.
+    """
+    result_path = Path(results_dir) / study / f"{run.name}.json"
+    source = Path(source)
+    if result_path.is_file() or not source.is_file():
+        return None
+    other = json.loads(source.read_text())
+    config = build_config(run)
+    mine = {k: v for k, v in json.loads(config.to_json_string(use_diff=False)).items() if k not in _NOT_THE_TRAINING}
+    theirs = {k: v for k, v in other["config"].items() if k not in _NOT_THE_TRAINING}
+    differences = [name for name, same in (
+        ("config", mine == theirs),
+        ("corpus", other["data"].get("cache_key") == load_corpus(run.data, config.vocab_size, cache_dir).info["cache_key"]),
+        ("settings", other["settings"] == json.loads(json.dumps(dataclasses.asdict(settings)))),   # tuples as lists
+        ("dtype", other.get("dtype") == _dtype_name(torch.device(device))),
+    ) if not same]
+    if differences:
+        log(f"[{run.name}] {source} is not the same training ({', '.join(differences)} differ): training it")
+        return None
+    result = {**other, "study": study, "run": run.name, "label": run.label, "group": run.group,
+              "overrides": run.overrides, "same_training_as": f"{other['study']}/{other['run']}"}
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    log(f"[{run.name}] the same training as {result['same_training_as']} ({source}): its result taken, not retrained")
     return result
 
 
@@ -643,6 +687,8 @@ def plot_curves(results: Sequence[dict], path: Path, title: str, group_by: str =
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Options every study takes."""
+    from hope_hf.configuration_hope import FAST_MEMORY_IMPLEMENTATIONS
+
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs (names as in --list)")
     parser.add_argument("--list", action="store_true", help="list the runs with their parameter counts and exit")
@@ -660,7 +706,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
                         default=None, help="keep every activation (faster, much more memory for Hope)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
-    parser.add_argument("--memory-implementation", choices=("chunk", "compiled"), default="chunk",
+    parser.add_argument("--memory-implementation", choices=FAST_MEMORY_IMPLEMENTATIONS, default="chunk",
                         help="Hope's memories: chunk-wise (eager) or the same chunk functions under torch.compile")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads per run (default: cores / jobs, at least 1)")
@@ -775,8 +821,11 @@ def run_parallel(script: str, argv: Sequence[str], names: Sequence[str], jobs: i
 
 
 def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, args: argparse.Namespace,
-         argv: Sequence[str], script: str, group_by: str = "group", baseline: str | None = None) -> int:
-    """Run a study from parsed arguments: `--list`, `--table`, one run in-process, or several (in parallel)."""
+         argv: Sequence[str], script: str, group_by: str = "group", baseline: str | None = None,
+         same_training: dict[str, Path] | None = None) -> int:
+    """Run a study from parsed arguments: `--list`, `--table`, one run in-process, or several (in parallel).
+    `same_training` maps a run name to another study's result file that is taken as its result, instead of
+    training it, when it is the same training (`adopt_identical_result`)."""
     names = [run.name for run in runs]
     if args.only:
         unknown = sorted(set(args.only) - set(names))
@@ -835,6 +884,10 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
             print(f"[{run.name}] not started, the time budget is spent", flush=True)
             unfinished.append(run.name)
             continue
+        if run.name in (same_training or {}) and not args.force and adopt_identical_result(
+                run, run_settings(run, settings, args), study, same_training[run.name], device=device,
+                results_dir=args.results_dir, cache_dir=args.cache_dir, log=lambda s: print(s, flush=True)):
+            continue
         result = train_run(run, run_settings(run, settings, args), study, device=device, results_dir=args.results_dir,
                            checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, deadline=deadline,
                            force=args.force, memory_implementation=args.memory_implementation,
@@ -846,6 +899,6 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
 
 __all__ = [
     "Corpus", "Run", "TrainSettings", "base_parser", "batch_indices", "build_config", "check_parameter_match",
-    "count_parameters", "evaluate", "load_corpus", "load_results", "main", "markdown_table", "parameter_report",
+    "adopt_identical_result", "count_parameters", "evaluate", "load_corpus", "load_results", "main", "markdown_table", "parameter_report",
     "plot_curves", "read_documents", "split_documents", "train_run",
 ]

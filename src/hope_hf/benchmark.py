@@ -42,7 +42,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedConfig
 
 from .baselines import count_parameters, matched_llama_config
-from .configuration_hope import HopeConfig
+from .configuration_hope import FAST_MEMORY_IMPLEMENTATIONS, HopeConfig
 from .flops import forward_flops, training_flops
 from .model_configs import CONFIG_DIR, load_config
 from .modeling_hope import HopeForCausalLM, cache_argument, output_cache
@@ -447,8 +447,9 @@ def run_bench(
                         ("repeats", repeats), ("decode_steps", decode_steps)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    if memory_implementation not in (None, "chunk", "compiled"):
-        raise ValueError(f"memory_implementation must be 'chunk', 'compiled' or None, got {memory_implementation!r}")
+    if memory_implementation is not None and memory_implementation not in FAST_MEMORY_IMPLEMENTATIONS:
+        raise ValueError(f"memory_implementation must be one of {FAST_MEMORY_IMPLEMENTATIONS} or None, "
+                         f"got {memory_implementation!r}")
     families = [m for m in dict.fromkeys(models) if m != REFERENCE]
     device = torch.device(device)
     torch.manual_seed(0)

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .configuration_hope import FAST_MEMORY_IMPLEMENTATIONS
+
 #: Exit status for bad input (as argparse uses for bad arguments).
 EXIT_BAD_INPUT = 2
 #: Exit status of a run stopped by Ctrl-C / SIGINT (128 + SIGINT).
@@ -268,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("train", "infer", "decode", "memory"), help="what to measure")
     bench.add_argument("--gradient-checkpointing", action="store_true",
                        help="recompute each block in the backward (all models; changes the training peaks)")
-    bench.add_argument("--memory-implementation", default=None, choices=("chunk", "compiled"),
+    bench.add_argument("--memory-implementation", default=None, choices=FAST_MEMORY_IMPLEMENTATIONS,
                        help="how the Hope models run their self-modifying memories: the eager chunk form or its "
                             "torch.compile'd steps (compiles during the warm-up; default: the configuration's, chunk)")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

@@ -13,7 +13,8 @@ from transformers import PreTrainedConfig
 
 MIXERS = ("self_modifying", "attention")
 INNER_OPTIMIZERS = ("dgd", "gd")
-MEMORY_IMPLEMENTATIONS = ("chunk", "compiled", "naive")
+FAST_MEMORY_IMPLEMENTATIONS = ("chunk", "compiled")          # for training and timing; "naive" is the reference
+MEMORY_IMPLEMENTATIONS = (*FAST_MEMORY_IMPLEMENTATIONS, "naive")
 CMS_LEVEL_KEYS = ("intermediate_size", "update_period", "chunk_size", "lr")
 
 
