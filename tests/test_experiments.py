@@ -169,6 +169,44 @@ def test_a_result_of_the_same_training_is_taken_and_another_is_not(corpus_file, 
     assert not (dirs["results_dir"] / "third").exists()
 
 
+def test_a_run_killed_without_warning_resumes_from_its_last_timed_checkpoint(corpus_file, dirs, tmp_path):
+    """`checkpoint_minutes=0`: a checkpoint after every step, so a process that dies mid-run (here: an exception
+    from the log at step 4, before that step's checkpoint) loses one step at most, and the resumed run finishes
+    equal to an uninterrupted one."""
+    run = common.Run(name="hope", config=hope_config(), data=str(corpus_file))
+    straight = common.train_run(run, SETTINGS, "study", **dirs, log=lambda s: None)
+    other = {**dirs, "results_dir": tmp_path / "results2", "checkpoint_dir": tmp_path / "ckpt2"}
+
+    def die_at_step_4(line):
+        if "step 4/" in line:
+            raise RuntimeError("the machine went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        common.train_run(run, SETTINGS, "study", **other, checkpoint_minutes=0, log=die_at_step_4)
+    assert torch.load(other["checkpoint_dir"] / "study" / "hope.pt", weights_only=False)["step"] == 3
+    resumed = common.train_run(run, SETTINGS, "study", **other, log=lambda s: None)
+    assert resumed["validation"]["loss"] == straight["validation"]["loss"] and resumed["curve"] == straight["curve"]
+
+
+def test_sigterm_stops_a_run_after_the_step_in_flight_with_a_checkpoint(corpus_file, dirs):
+    import os
+    import signal
+
+    run = common.Run(name="hope", config=hope_config(), data=str(corpus_file))
+    before = signal.getsignal(signal.SIGTERM)
+    lines = []
+
+    def terminate_at_step_2(line):
+        lines.append(line)
+        if "step 2/" in line:
+            os.kill(os.getpid(), signal.SIGTERM)       # the handler only sets a flag: the step finishes
+
+    assert common.train_run(run, SETTINGS, "study", **dirs, log=terminate_at_step_2) is None
+    assert "(SIGTERM)" in lines[-1] and "stopped at step 2/" in lines[-1]
+    assert torch.load(dirs["checkpoint_dir"] / "study" / "hope.pt", weights_only=False)["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is before                # the previous handler is back
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(corpus_file, dirs):
     run = common.Run(name="hope", config=hope_config(), data=str(corpus_file))
     common.train_run(run, SETTINGS, "study", **dirs, stop_after_steps=2, log=lambda s: None)

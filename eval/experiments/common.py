@@ -18,7 +18,8 @@ tokens in the same order with the same optimiser and schedule; only the model di
   per-layer activation checkpointing for every model (memory; it does not change the result).
   Validation loss on a fixed subset of held-out blocks every `eval_every_tokens` tokens (the curve), and at
   the end on every held-out block (`final_eval_blocks` caps it; the JSON says how many were used).
-- **checkpoints**: every `checkpoint_every` steps and when `max_minutes` runs out, the model, optimiser, LR
+- **checkpoints**: every `checkpoint_every` steps, every `CHECKPOINT_MINUTES` of wall time, when `max_minutes` runs
+  out and on SIGTERM (a session or job ending: the step in flight finishes first), the model, optimiser, LR
   schedule, CMS schedule, RNG states, step and curve go to `checkpoints/<study>/<run>.pt`; the same command
   resumes from there (bit for bit on CPU). A finished run writes `results/<study>/<run>.json` and is skipped
   next time unless `--force`.
@@ -30,6 +31,7 @@ tokens in the same order with the same optimiser and schedule; only the model di
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -38,8 +40,10 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,6 +65,9 @@ HELD_OUT_EVERY = 20
 PARAM_TOLERANCE = 0.03
 #: Exit status of a run stopped by its `--max-minutes` budget (checkpoint written, no result yet).
 EXIT_INTERRUPTED = 3
+#: Wall-clock minutes between checkpoints of a run (besides every `checkpoint_every` steps), so that a machine that
+#: goes away without warning loses at most this much of a long run.
+CHECKPOINT_MINUTES = 10.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -410,14 +417,31 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _stop_requested_on_sigterm():
+    """A `threading.Event` set when the process gets SIGTERM while inside the block (main thread only; elsewhere
+    the event is never set). The previous handler is restored on exit."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "cpu",
               results_dir: Path = RESULTS_DIR, checkpoint_dir: Path = CHECKPOINT_DIR, cache_dir: Path = CACHE_DIR,
               deadline: float | None = None, stop_after_steps: int | None = None, force: bool = False,
-              memory_implementation: str = "chunk", log: Callable[[str], None] = print) -> dict | None:
+              memory_implementation: str = "chunk", checkpoint_minutes: float | None = CHECKPOINT_MINUTES,
+              log: Callable[[str], None] = print) -> dict | None:
     """Train one run to the end (or until `deadline`, a `time.time()` value, or `stop_after_steps`), resuming
     from its checkpoint. `memory_implementation` (`"chunk"` or `"compiled"`: the same function, the compiled one
     faster once compiled) is how Hope models run their memories; it is recorded in the result, it is not part of the
-    run's identity (a run may resume under the other one).
+    run's identity (a run may resume under the other one). A checkpoint is also written every `checkpoint_minutes`
+    of wall time (`None`: only every `settings.checkpoint_every` steps) and, after the step in flight, on SIGTERM.
 
     Returns:
         The result dict (also written to `<results_dir>/<study>/<run.name>.json`), or `None` if the run
@@ -481,40 +505,46 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
     if step == 0 and not curve:
         curve.append([0, evaluate(model, curve_blocks, settings.batch_size, dev)])
         eval_seconds += time.time() - started
-    while step < settings.steps:
-        ids = train_blocks[batch_indices(step, settings.batch_size, len(train_blocks), settings.data_seed)].to(dev)
-        with autocast(dev):
-            loss = model(ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        if schedule is not None:
-            schedule.optimizer_step(optimizer)
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        train_losses.append([step, float(loss.detach())])
-        elapsed = base_elapsed + time.time() - started
-        if not math.isfinite(train_losses[-1][1]):
-            diverged_at = step
-            log(f"[{run.name}] DIVERGED: training loss {train_losses[-1][1]} at step {step}; recorded as such")
-            break
-        if step % eval_every == 0 or step == settings.steps:
-            eval_started = time.time()
-            curve.append([step * settings.tokens_per_step, evaluate(model, curve_blocks, settings.batch_size, dev)])
-            eval_seconds += time.time() - eval_started
-            log(f"[{run.name}] step {step}/{settings.steps} train loss {train_losses[-1][1]:.4f} "
-                f"val loss {curve[-1][1]:.4f} ({time.time() - started:.0f} s)")
-        elapsed = base_elapsed + time.time() - started
-        out_of_time = deadline is not None and time.time() > deadline
-        stop_here = stop_after_steps is not None and step >= stop_after_steps
-        if step < settings.steps and (step % settings.checkpoint_every == 0 or out_of_time or stop_here):
-            save_checkpoint()
-            if out_of_time or stop_here:
-                log(f"[{run.name}] stopped at step {step}/{settings.steps}; checkpoint {ckpt_path} "
-                    "(run the same command to continue)")
-                return None
+    last_saved = time.time()
+    with _stop_requested_on_sigterm() as terminated:
+        while step < settings.steps:
+            ids = train_blocks[batch_indices(step, settings.batch_size, len(train_blocks), settings.data_seed)].to(dev)
+            with autocast(dev):
+                loss = model(ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            if schedule is not None:
+                schedule.optimizer_step(optimizer)
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            train_losses.append([step, float(loss.detach())])
+            elapsed = base_elapsed + time.time() - started
+            if not math.isfinite(train_losses[-1][1]):
+                diverged_at = step
+                log(f"[{run.name}] DIVERGED: training loss {train_losses[-1][1]} at step {step}; recorded as such")
+                break
+            if step % eval_every == 0 or step == settings.steps:
+                eval_started = time.time()
+                curve.append([step * settings.tokens_per_step, evaluate(model, curve_blocks, settings.batch_size, dev)])
+                eval_seconds += time.time() - eval_started
+                log(f"[{run.name}] step {step}/{settings.steps} train loss {train_losses[-1][1]:.4f} "
+                    f"val loss {curve[-1][1]:.4f} ({time.time() - started:.0f} s)")
+            elapsed = base_elapsed + time.time() - started
+            out_of_time = deadline is not None and time.time() > deadline
+            stop_here = (stop_after_steps is not None and step >= stop_after_steps) or terminated.is_set()
+            due = step % settings.checkpoint_every == 0 or (
+                checkpoint_minutes is not None and time.time() - last_saved >= 60 * checkpoint_minutes)
+            if step < settings.steps and (due or out_of_time or stop_here):
+                save_checkpoint()
+                last_saved = time.time()
+                if out_of_time or stop_here:
+                    why = " (SIGTERM)" if terminated.is_set() else ""
+                    log(f"[{run.name}] stopped at step {step}/{settings.steps}{why}; checkpoint {ckpt_path} "
+                        "(run the same command to continue)")
+                    return None
     train_seconds = elapsed - eval_seconds        # optimiser steps only; the curve's evaluations apart
     final_loss = _finite_or_none(evaluate(model, final_blocks, settings.batch_size, dev)) if diverged_at is None else None
     curve = [[tokens, _finite_or_none(loss)] for tokens, loss in curve]        # strict JSON: no NaN
