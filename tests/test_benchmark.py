@@ -204,7 +204,7 @@ def test_memory_implementation_applies_to_the_hope_models_only(monkeypatch):
     assert {result["models"][name]["config"]["memory_implementation"] for name in ("hope", "titans")} == {"compiled"}
     assert "memory_implementation" not in result["models"][REFERENCE]["config"]
     assert result["memory_implementation"] == "compiled" and "Hope memory: compiled" in summary(result)
-    with pytest.raises(ValueError, match="memory_implementation must be 'chunk', 'compiled' or None, got 'naive'"):
+    with pytest.raises(ValueError, match=r"memory_implementation must be one of \('chunk', 'compiled'\) or None, got 'naive'"):
         run_bench(models=("hope",), lengths=(8,), parts=(), memory_implementation="naive", **SHAPE)
 
 
