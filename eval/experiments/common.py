@@ -455,6 +455,7 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
     if force and ckpt_path.is_file():
         ckpt_path.unlink()
     dev = torch.device(device)
+    commit = git_commit()             # the code this process runs (read now: the tree may move on while it trains)
     config = build_config(run)
     if hasattr(config, "memory_implementation"):          # Hope configs; a Llama has no such field
         config.memory_implementation = memory_implementation
@@ -564,7 +565,7 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         "tokens_per_second": step * settings.tokens_per_step / max(train_seconds, 1e-9),
         "device": device_name(dev), "dtype": _dtype_name(dev),
         "memory_implementation": getattr(config, "memory_implementation", None),
-        "torch": torch.__version__, "transformers": _transformers_version(), "git_commit": git_commit(),
+        "torch": torch.__version__, "transformers": _transformers_version(), "git_commit": commit,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
