@@ -207,6 +207,47 @@ def test_sigterm_stops_a_run_after_the_step_in_flight_with_a_checkpoint(corpus_f
     assert signal.getsignal(signal.SIGTERM) is before                # the previous handler is back
 
 
+def test_cms_level_learning_rates_scale_the_steps_of_their_level_only(corpus_file, dirs, monkeypatch):
+    """`Run.level_lr_scale`: AdamW gets one group per (decay, CMS level), the schedule multiplies a level's lr on
+    its steps (inside `optimizer.step`, the largest over the smallest lr of the groups that step), and the result
+    records the factors."""
+    ratios = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        lrs = [g["lr"] for g in self.param_groups if any(p.grad is not None for p in g["params"])]
+        ratios.append(round(max(lrs) / min(lrs), 4))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    scales = [1.0, 3.0]                                      # hope_config(): two levels, periods 1 and 4
+    run = common.Run(name="scaled", config=hope_config(), data=str(corpus_file), level_lr_scale=scales)
+    model = common.build_model(common.build_config(run))
+    optimizer = common.make_optimizer(model, SETTINGS, per_cms_level=True)
+    from hope_hf.optim import cms_level_of
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:                     # one level (or none) per group
+        assert len({cms_level_of(names[id(p)]) for p in group["params"]}) == 1
+    plain = common.make_optimizer(model, SETTINGS)
+    assert [len(g["params"]) for g in plain.param_groups] == [
+        sum(p.ndim >= 2 for p in model.parameters()), sum(p.ndim < 2 for p in model.parameters())]
+
+    result = common.train_run(run, SETTINGS, "lr", **dirs, log=lambda s: None)
+    assert result["level_lr_scale"] == scales
+    # steps 4 and 8 (level 1 due) run level 1's groups at 3x the scheduled lr; on the others level 1 does not step
+    assert ratios == [1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 3.0], ratios
+
+
+def test_a_checkpoint_older_than_a_run_field_still_resumes():
+    run = common.Run(name="a", config="hope-tiny")
+    saved = {k: v for k, v in dataclasses.asdict(run).items() if k != "level_lr_scale"}    # written before the field
+    assert common._same_run(saved, run)
+    assert not common._same_run(saved, dataclasses.replace(run, level_lr_scale=[1.0, 2.0, 4.0]))
+    assert not common._same_run({**saved, "data": "other"}, run)
+    assert not common._same_run({**saved, "unknown_field": 1}, run)
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(corpus_file, dirs):
     run = common.Run(name="hope", config=hope_config(), data=str(corpus_file))
     common.train_run(run, SETTINGS, "study", **dirs, stop_after_steps=2, log=lambda s: None)

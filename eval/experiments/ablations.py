@@ -13,7 +13,8 @@ The base row is the LM comparison's `hope-tiny` run on the same corpus: when `lm
 same results folder, made with the same config, corpus, settings and dtype, it is taken (marked `same_training_as`)
 instead of training the same model twice.
 Open knobs: memory expansion r (1, 4; base 2), the chunk sizes C_o/C_m (8/32, 32/128; base 16/64), CMS
-levels and periods (2, 4 levels; periods all 1; 1/2/4), the inner learning-rate range (eta_max, eta_init),
+levels and periods (2, 4 levels; periods all 1; 1/2/4; 1/4/16 with each level's outer learning rate multiplied by
+its period), the inner learning-rate range (eta_max, eta_init),
 the retention-gate initialisation alpha_init (0.9, 0.99; base 0.999).
 
     python eval/experiments/ablations.py --list                     # rows with parameter counts
@@ -64,6 +65,7 @@ ROWS: dict[str, tuple[str, dict]] = {
                      {"cms_levels": _levels([(72, 1), (72, 4), (72, 16), (72, 64)])}),
     "cms-periods-1-1-1": ("CMS periods 1, 1, 1 (no schedule)", {"cms_levels": _levels([(96, 1)] * 3)}),
     "cms-periods-1-2-4": ("CMS periods 1, 2, 4", {"cms_levels": _levels([(96, 1), (96, 2), (96, 4)])}),
+    "cms-lr-by-period": ("CMS periods 1, 4, 16, outer lr x period", {}),
     # inner learning rate eta_t = eta_max * sigmoid(.), starting at eta_init
     "eta-init-0.01": ("eta_init 0.01", {"eta_init": 0.01}),
     "eta-init-0.1": ("eta_init 0.1", {"eta_init": 0.1}),
@@ -74,11 +76,17 @@ ROWS: dict[str, tuple[str, dict]] = {
 }
 
 
+#: Rows that change the outer loop rather than the config: row → `common.Run` fields. A level that steps every P
+#: optimiser steps on the summed gradients of the period moves like P plain steps under SGD, but AdamW normalises
+#: the sum: scaling its learning rate by P gives it back the distance.
+RUN_FIELDS: dict[str, dict] = {"cms-lr-by-period": {"level_lr_scale": [1.0, 4.0, 16.0]}}
+
+
 def runs(data: str = "embedded") -> list[common.Run]:
     """One run per row of `ROWS`, named `<row>@<corpus>`."""
     tag = common.corpus_tag(data)
     return [common.Run(name=f"{row}@{tag}", config=BASE, data=data, overrides=overrides, label=label,
-                       tokens=DEFAULT_TOKENS) for row, (label, overrides) in ROWS.items()]
+                       tokens=DEFAULT_TOKENS, **RUN_FIELDS.get(row, {})) for row, (label, overrides) in ROWS.items()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,8 +252,10 @@ class TrainSettings:
 class Run:
     """One model of a study: `name` (file stem of its result), `config` (a `modeling_configs` name or a
     config dict with `"model_type"`), `overrides` (fields set on top), `data` (corpus), `group` (runs whose
-    parameter counts must match within `PARAM_TOLERANCE`; `None`: not checked), a free `label`, and
-    `tokens` (its training budget when the command gives no `--tokens`; `None`: the study's default)."""
+    parameter counts must match within `PARAM_TOLERANCE`; `None`: not checked), a free `label`,
+    `tokens` (its training budget when the command gives no `--tokens`; `None`: the study's default) and
+    `level_lr_scale` (one outer learning-rate factor per CMS level, applied by the CMS schedule on the steps a
+    level takes; `None`: all 1)."""
 
     name: str
     config: str | dict
@@ -262,6 +264,15 @@ class Run:
     group: str | None = None
     label: str = ""
     tokens: int | None = None
+    level_lr_scale: list[float] | None = None
+
+
+def _same_run(saved: dict, run: Run) -> bool:
+    """Whether a checkpoint's run definition is `run`'s. A field the checkpoint lacks (added to `Run` after it was
+    written) counts as equal when `run` has that field's default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Run) if f.default is not dataclasses.MISSING}
+    mine = dataclasses.asdict(run)
+    return all(saved.get(name, defaults.get(name)) == value for name, value in mine.items()) and set(saved) <= set(mine)
 
 
 def build_config(run: Run):
@@ -318,23 +329,30 @@ def lr_factor(step: int, settings: TrainSettings) -> float:
     return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
-    """AdamW; weight decay on tensors of ≥ 2 dimensions (matrices, embeddings), none on gains and biases."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    other = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                              {"params": other, "weight_decay": 0.0}],
-                             lr=settings.lr, betas=settings.betas, foreach=True)
+def make_optimizer(model: torch.nn.Module, settings: TrainSettings, per_cms_level: bool = False) -> torch.optim.AdamW:
+    """AdamW; weight decay on tensors of ≥ 2 dimensions (matrices, embeddings), none on gains and biases.
+    `per_cms_level`: each of the two groups split by CMS level as well (what per-level learning rates need; AdamW
+    is elementwise, so the steps are the same)."""
+    from hope_hf.optim import cms_level_of
+
+    groups: dict[tuple[bool, int | None], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((p.ndim >= 2, cms_level_of(name) if per_cms_level else None), []).append(p)
+    order = sorted(groups, key=lambda key: (not key[0], -1 if key[1] is None else key[1]))
+    return torch.optim.AdamW([{"params": groups[key], "weight_decay": settings.weight_decay if key[0] else 0.0}
+                              for key in order], lr=settings.lr, betas=settings.betas, foreach=True)
 
 
-def make_cms_schedule(model: torch.nn.Module):
-    """The CMS update schedule of a Hope model whose levels have periods > 1; `None` otherwise."""
+def make_cms_schedule(model: torch.nn.Module, level_lr_scale: Sequence[float] | None = None):
+    """The CMS update schedule of a Hope model whose levels have periods > 1 or learning-rate factors; `None`
+    otherwise."""
     levels = getattr(model.config, "cms_levels", None)
-    if not levels or all(level["update_period"] == 1 for level in levels):
+    if not levels or (all(level["update_period"] == 1 for level in levels) and level_lr_scale is None):
         return None
     from hope_hf.schedule import HopeScheduleCallback
 
-    return HopeScheduleCallback(model)
+    return HopeScheduleCallback(model, level_lr_scale=level_lr_scale)
 
 
 def enable_activation_checkpointing(model) -> None:
@@ -471,13 +489,13 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         enable_activation_checkpointing(model)
     model.train()
     parameters = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    optimizer = make_optimizer(model, settings)
+    optimizer = make_optimizer(model, settings, per_cms_level=run.level_lr_scale is not None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
-    schedule = make_cms_schedule(model)
+    schedule = make_cms_schedule(model, run.level_lr_scale)
     step, curve, train_losses, elapsed, eval_seconds = 0, [], [], 0.0, 0.0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)   # RNG states must stay on the CPU
-        if state["settings"] != dataclasses.asdict(settings) or state["run"] != dataclasses.asdict(run):
+        if state["settings"] != dataclasses.asdict(settings) or not _same_run(state["run"], run):
             raise ValueError(f"checkpoint {ckpt_path} was made with other settings or another run definition; "
                              "delete it or pass --force")
         model.load_state_dict(state["model"])
@@ -553,7 +571,8 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         "study": study, "run": run.name, "label": run.label, "group": run.group, "data": corpus.info,
         "config_name": run.config if isinstance(run.config, str) else None,
         "config": json.loads(config.to_json_string(use_diff=False)),   # in full: shipped defaults may change
-        "overrides": run.overrides, "model_type": config.model_type, "parameters": parameters,
+        "overrides": run.overrides, "level_lr_scale": run.level_lr_scale, "model_type": config.model_type,
+        "parameters": parameters,
         "settings": dataclasses.asdict(settings), "steps": step,
         "tokens": step * settings.tokens_per_step,
         "diverged_at_step": diverged_at,
@@ -610,6 +629,7 @@ def adopt_identical_result(run: Run, settings: TrainSettings, study: str, source
         ("corpus", other["data"].get("cache_key") == load_corpus(run.data, config.vocab_size, cache_dir).info["cache_key"]),
         ("settings", other["settings"] == json.loads(json.dumps(dataclasses.asdict(settings)))),   # tuples as lists
         ("dtype", other.get("dtype") == _dtype_name(torch.device(device))),
+        ("CMS learning rates", other.get("level_lr_scale") == run.level_lr_scale),
     ) if not same]
     if differences:
         log(f"[{run.name}] {source} is not the same training ({', '.join(differences)} differ): training it")
