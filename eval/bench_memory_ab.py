@@ -4,7 +4,7 @@ Loads `src/hope_hf/memory_ops.py` as it was at `--against` (any revision whose `
 `(inputs, state, rule, compiled=...)`) and times the same Hope model (the bench shape: hidden 256, 4 layers,
 4 heads, vocab 8192, the switches of `modeling_configs/hope-tiny.json`) with each version's chunk-wise memory,
 and the same-size Llama, round robin (one step each, then the next round, so a change of load hits all alike).
-A step is forward + backward + AdamW on `--tokens` tokens (batch = 2048 // length, at least 1), one torch thread.
+A step is forward + backward + AdamW on batch x `--length` tokens (batch = 2048 // length, at least 1), one torch thread.
 Prints the medians, tokens/s, and the ratios. `--compiled` runs both versions' compiled chunk steps (each
 compiles during the warm-up). `--layer` times one self-modifying layer's forward + backward instead (no Llama).
 

@@ -67,8 +67,9 @@ def correctness(device: str) -> dict:
         out[f"{mixer}_bf16_loss"] = result.loss.item()
         out[f"{mixer}_bf16_grads_finite"] = all(bool(torch.isfinite(g).all()) for g in grads)
         if mixer == "self_modifying":
-            out["bf16_memory_state_dtype"] = str(output_cache(result).layers[0].state.memory.w_in.dtype) \
-                if hasattr(output_cache(result), "layers") else "n/a"
+            cache = output_cache(result)
+            out["bf16_memory_state_dtype"] = str(cache.layers[0].state.memory.w_in.dtype) \
+                if hasattr(cache, "layers") else "n/a"
     return out
 
 

@@ -626,7 +626,8 @@ def adopt_identical_result(run: Run, settings: TrainSettings, study: str, source
     theirs = {k: v for k, v in other["config"].items() if k not in _NOT_THE_TRAINING}
     differences = [name for name, same in (
         ("config", mine == theirs),
-        ("corpus", other["data"].get("cache_key") == load_corpus(run.data, config.vocab_size, cache_dir).info["cache_key"]),
+        ("corpus", other["data"].get("cache_key")
+         == load_corpus(run.data, config.vocab_size, cache_dir).info["cache_key"]),
         ("settings", other["settings"] == json.loads(json.dumps(dataclasses.asdict(settings)))),   # tuples as lists
         ("dtype", other.get("dtype") == _dtype_name(torch.device(device))),
         ("CMS learning rates", other.get("level_lr_scale") == run.level_lr_scale),
@@ -935,11 +936,12 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
             print(f"[{run.name}] not started, the time budget is spent", flush=True)
             unfinished.append(run.name)
             continue
+        this_run = run_settings(run, settings, args)
         if run.name in (same_training or {}) and not args.force and adopt_identical_result(
-                run, run_settings(run, settings, args), study, same_training[run.name], device=device,
-                results_dir=args.results_dir, cache_dir=args.cache_dir, log=lambda s: print(s, flush=True)):
+                run, this_run, study, same_training[run.name], device=device, results_dir=args.results_dir,
+                cache_dir=args.cache_dir, log=lambda s: print(s, flush=True)):
             continue
-        result = train_run(run, run_settings(run, settings, args), study, device=device, results_dir=args.results_dir,
+        result = train_run(run, this_run, study, device=device, results_dir=args.results_dir,
                            checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, deadline=deadline,
                            force=args.force, memory_implementation=args.memory_implementation,
                            log=lambda s: print(s, flush=True))
@@ -950,6 +952,6 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
 
 __all__ = [
     "Corpus", "Run", "TrainSettings", "base_parser", "batch_indices", "build_config", "check_parameter_match",
-    "adopt_identical_result", "count_parameters", "evaluate", "load_corpus", "load_results", "main", "markdown_table", "parameter_report",
-    "plot_curves", "read_documents", "split_documents", "train_run",
+    "adopt_identical_result", "count_parameters", "evaluate", "load_corpus", "load_results", "main", "markdown_table",
+    "parameter_report", "plot_curves", "read_documents", "split_documents", "train_run",
 ]

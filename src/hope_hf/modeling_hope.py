@@ -359,9 +359,9 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
                                  "without inputs_embeds or output_hidden_states")
             if position_ids is not None and input_ids is not None:
                 self._check_default_positions(position_ids, input_ids, attention_mask, past_key_values)
-            logits, cache = self._in_context_logits(input_ids, attention_mask, past_key_values)
+            logits, stepped_cache = self._in_context_logits(input_ids, attention_mask, past_key_values)
             use_cache = use_cache if use_cache is not None else self.config.use_cache
-            outputs = BaseModelOutputWithPast(**{CACHE_FIELD: cache if use_cache else None})
+            outputs = BaseModelOutputWithPast(**{CACHE_FIELD: stepped_cache if use_cache else None})
             logits = slice_logits_to_keep(logits, logits_to_keep)
         else:
             if isinstance(past_key_values, HopeCache) and past_key_values.segment_ids is not None:
@@ -389,7 +389,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         output = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                        **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
+                                        **{CACHE_FIELD: output_cache(outputs)})
         return output if return_dict else output.to_tuple()
 
     # --- in-context CMS (HOPE.md §4, Eq. 71): the driver of the fast weights' steps ----------------------------
