@@ -239,13 +239,15 @@ def test_cms_level_learning_rates_scale_the_steps_of_their_level_only(corpus_fil
     assert ratios == [1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 3.0], ratios
 
 
-def test_a_checkpoint_older_than_a_run_field_still_resumes():
+def test_a_checkpoint_resumes_across_new_run_fields_and_labels_but_not_other_training():
     run = common.Run(name="a", config="hope-tiny")
     saved = {k: v for k, v in dataclasses.asdict(run).items() if k != "level_lr_scale"}    # written before the field
     assert common._same_run(saved, run)
     assert not common._same_run(saved, dataclasses.replace(run, level_lr_scale=[1.0, 2.0, 4.0]))
     assert not common._same_run({**saved, "data": "other"}, run)
     assert not common._same_run({**saved, "unknown_field": 1}, run)
+    relabelled = dataclasses.replace(run, label="renamed in the table", group="a parameter-check cell")
+    assert common._same_run(saved, relabelled)              # presentation only: the same training
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(corpus_file, dirs):
@@ -318,9 +320,14 @@ def test_parameter_match_check():
 
 
 def test_shipped_study_sizes_are_matched():
+    import cms_schedule
     import lm_comparison
 
     common.parameter_report(lm_comparison.runs(corpora=("embedded",)))   # raises if a cell is off by > 3%
+    schedule_rows = cms_schedule.runs()
+    assert len({run.group for run in schedule_rows}) == 1                  # one cell: every row checked
+    counts = common.parameter_report(schedule_rows)
+    assert max(counts.values()) <= 1.03 * min(counts.values())
 
 
 def test_table_and_plot_from_the_jsons(corpus_file, dirs, tmp_path):
@@ -355,3 +362,13 @@ def test_settings_from_args_and_per_run_budget():
     assert common.run_settings(run, settings, args).tokens == 4096
     args = common.base_parser("x").parse_args(["--tokens", "8192"])         # --tokens wins over the run's budget
     assert common.run_settings(run, common.settings_from_args(args, common.TrainSettings()), args).tokens == 8192
+
+
+def test_variant_studies_list_their_rows_from_the_command(capsys):
+    import ablations
+    import cms_schedule
+
+    for study in (ablations, cms_schedule):
+        assert study.main(["--list"]) == 0
+        listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if "@embedded" in line]
+        assert listed == [f"{row}@embedded" for row in study.ROWS]

@@ -37,10 +37,6 @@ BASE_WIDTH = 96          # hope-tiny: three CMS levels of width 96 (288 in all)
 DEFAULT_TOKENS = 2_500_000
 
 
-def _levels(widths_and_periods: list[tuple[int, int]]) -> list[dict]:
-    return [{"intermediate_size": w, "update_period": p, "chunk_size": 0, "lr": 0.0} for w, p in widths_and_periods]
-
-
 #: name → (label, HopeConfig overrides of hope-tiny). The first row is the base.
 ROWS: dict[str, tuple[str, dict]] = {
     "hope": ("Hope (base: hope-tiny)", {}),
@@ -48,7 +44,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "no-dgd": ("w/o DGD (plain GD)", {"inner_optimizer": "gd"}),
     "no-momentum": ("w/o momentum", {"inner_momentum": False}),
     "no-weight-decay": ("w/o weight decay (alpha = 1)", {"inner_weight_decay": False}),
-    "no-cms": ("w/o CMS (one level, width 288)", {"cms_levels": _levels([(3 * BASE_WIDTH, 1)])}),
+    "no-cms": ("w/o CMS (one level, width 288)", {"cms_levels": common.cms_levels([(3 * BASE_WIDTH, 1)])}),
     "static-k": ("static k", {"adaptive_k": False}),
     "static-v": ("static v", {"adaptive_v": False}),
     "adaptive-q": ("adaptive q", {"adaptive_q": True}),
@@ -60,11 +56,11 @@ ROWS: dict[str, tuple[str, dict]] = {
     "chunks-16-16": ("chunks C_o/C_m = 16/16", {"memory_chunk_size": 16}),
     "chunks-32-128": ("chunks C_o/C_m = 32/128", {"projection_chunk_size": 32, "memory_chunk_size": 128}),
     # CMS levels and periods (same total width 288)
-    "cms-2-levels": ("CMS 2 levels (periods 1, 4)", {"cms_levels": _levels([(144, 1), (144, 4)])}),
+    "cms-2-levels": ("CMS 2 levels (periods 1, 4)", {"cms_levels": common.cms_levels([(144, 1), (144, 4)])}),
     "cms-4-levels": ("CMS 4 levels (periods 1, 4, 16, 64)",
-                     {"cms_levels": _levels([(72, 1), (72, 4), (72, 16), (72, 64)])}),
-    "cms-periods-1-1-1": ("CMS periods 1, 1, 1 (no schedule)", {"cms_levels": _levels([(96, 1)] * 3)}),
-    "cms-periods-1-2-4": ("CMS periods 1, 2, 4", {"cms_levels": _levels([(96, 1), (96, 2), (96, 4)])}),
+                     {"cms_levels": common.cms_levels([(72, 1), (72, 4), (72, 16), (72, 64)])}),
+    "cms-periods-1-1-1": ("CMS periods 1, 1, 1 (no schedule)", {"cms_levels": common.cms_levels([(96, 1)] * 3)}),
+    "cms-periods-1-2-4": ("CMS periods 1, 2, 4", {"cms_levels": common.cms_levels([(96, 1), (96, 2), (96, 4)])}),
     "cms-lr-by-period": ("CMS periods 1, 4, 16, outer lr x period", {}),
     # inner learning rate eta_t = eta_max * sigmoid(.), starting at eta_init
     "eta-init-0.01": ("eta_init 0.01", {"eta_init": 0.01}),
@@ -90,17 +86,8 @@ def runs(data: str = "embedded") -> list[common.Run]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = common.base_parser(__doc__)
-    parser.add_argument("--data", default="embedded", help="'embedded' or the path of a text file / folder")
-    args = parser.parse_args(argv)
-    study_runs = runs(args.data)
-    # the base row is the LM comparison's hope-tiny run on the same corpus: taken from there when it exists with
-    # the same config, corpus, settings and dtype, not trained twice
-    base_twin = Path(args.results_dir) / "lm_comparison" / f"{BASE}@{common.corpus_tag(args.data)}.json"
-    return common.main(STUDY, f"Hope ablations ({BASE}): validation loss vs training tokens", study_runs,
-                       common.TrainSettings(), args, argv, __file__, baseline=study_runs[0].name,
-                       same_training={study_runs[0].name: base_twin})
+    title = f"Hope ablations ({BASE}): validation loss vs training tokens"
+    return common.variants_main(STUDY, BASE, title, runs, __doc__, argv, __file__)
 
 
 if __name__ == "__main__":

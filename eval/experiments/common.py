@@ -267,12 +267,23 @@ class Run:
     level_lr_scale: list[float] | None = None
 
 
+#: `Run` fields that only name or present a run (table label, parameter-check group): a checkpoint resumes across
+#: changes of these.
+PRESENTATION_FIELDS = ("label", "group")
+
+
 def _same_run(saved: dict, run: Run) -> bool:
-    """Whether a checkpoint's run definition is `run`'s. A field the checkpoint lacks (added to `Run` after it was
-    written) counts as equal when `run` has that field's default."""
+    """Whether a checkpoint's run definition trains what `run` trains. A field the checkpoint lacks (added to `Run`
+    after it was written) counts as equal when `run` has that field's default; `PRESENTATION_FIELDS` are ignored."""
     defaults = {f.name: f.default for f in dataclasses.fields(Run) if f.default is not dataclasses.MISSING}
-    mine = dataclasses.asdict(run)
+    mine = {k: v for k, v in dataclasses.asdict(run).items() if k not in PRESENTATION_FIELDS}
+    saved = {k: v for k, v in saved.items() if k not in PRESENTATION_FIELDS}
     return all(saved.get(name, defaults.get(name)) == value for name, value in mine.items()) and set(saved) <= set(mine)
+
+
+def cms_levels(widths_and_periods: Sequence[tuple[int, int]]) -> list[dict]:
+    """`HopeConfig.cms_levels` of the given (width, update_period) levels, without in-context steps."""
+    return [{"intermediate_size": w, "update_period": p, "chunk_size": 0, "lr": 0.0} for w, p in widths_and_periods]
 
 
 def build_config(run: Run):
@@ -950,8 +961,25 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
     return EXIT_INTERRUPTED if unfinished else 0
 
 
+
+def variants_main(study: str, base: str, title: str, runs_of_corpus, doc: str, argv: Sequence[str] | None,
+                  script: str) -> int:
+    """The command of a study of variants of one model (`ablations.py`, `cms_schedule.py`): `--data` picks the
+    corpus, `runs_of_corpus(data)` gives the runs, the first being the base: the LM comparison's run of config `base`
+    on that corpus, whose result is taken when it is the same training (`adopt_identical_result`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = base_parser(doc)
+    parser.add_argument("--data", default="embedded", help="'embedded' or the path of a text file / folder")
+    args = parser.parse_args(argv)
+    study_runs = runs_of_corpus(args.data)
+    base_twin = Path(args.results_dir) / "lm_comparison" / f"{base}@{corpus_tag(args.data)}.json"
+    return main(study, title, study_runs, TrainSettings(), args, argv, script, baseline=study_runs[0].name,
+                same_training={study_runs[0].name: base_twin})
+
+
 __all__ = [
     "Corpus", "Run", "TrainSettings", "base_parser", "batch_indices", "build_config", "check_parameter_match",
-    "adopt_identical_result", "count_parameters", "evaluate", "load_corpus", "load_results", "main", "markdown_table",
-    "parameter_report", "plot_curves", "read_documents", "split_documents", "train_run",
+    "adopt_identical_result", "cms_levels", "count_parameters", "evaluate", "load_corpus", "load_results", "main",
+    "markdown_table", "parameter_report", "plot_curves", "read_documents", "split_documents", "train_run",
+    "variants_main",
 ]
