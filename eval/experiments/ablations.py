@@ -8,7 +8,7 @@ those rows as "this design at its own size", not at equal parameters. Rows that 
 CMS levels keep the count equal.
 
 Table 6 rows: w/o DGD (plain GD inner updates), w/o momentum, w/o weight decay (α ≡ 1), w/o CMS (one
-level as wide as the three), static k, static v, adaptive q.
+level as wide as the three), static k, static v, adaptive q; and static η/α (`adaptive_rates=False`).
 The base row is the LM comparison's `hope-tiny` run on the same corpus: when `lm_comparison.py` has its result in the
 same results folder, made with the same config, corpus, settings and dtype, it is taken (marked `same_training_as`)
 instead of training the same model twice.
@@ -48,6 +48,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     "static-k": ("static k", {"adaptive_k": False}),
     "static-v": ("static v", {"adaptive_v": False}),
     "adaptive-q": ("adaptive q", {"adaptive_q": True}),
+    # beyond Table 6: static eta_t, alpha_t (linear in x, as in Titans), the one static part the Titans ablation has
+    # and no row above removes
+    "static-rates": ("static eta, alpha (linear projections)", {"adaptive_rates": False}),
     # memory expansion r (h = r d)
     "expansion-1": ("memory expansion r = 1", {"memory_expansion": 1}),
     "expansion-4": ("memory expansion r = 4", {"memory_expansion": 4}),
