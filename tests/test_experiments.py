@@ -372,3 +372,30 @@ def test_variant_studies_list_their_rows_from_the_command(capsys):
         assert study.main(["--list"]) == 0
         listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if "@embedded" in line]
         assert listed == [f"{row}@embedded" for row in study.ROWS]
+
+
+def test_seed_spread_table_compares_the_same_training_across_seeds(corpus_file, dirs, tmp_path, capsys):
+    import seed_spread
+
+    run = common.Run(name="hope", config=hope_config(), data=str(corpus_file), label="Hope")
+    folders = [tmp_path / "seed0", tmp_path / "seed1"]
+    ppl = []
+    for seed, folder in enumerate(folders):
+        places = {**dirs, "results_dir": folder, "checkpoint_dir": tmp_path / f"ckpt{seed}"}
+        result = common.train_run(run, dataclasses.replace(SETTINGS, seed=seed), "t", **places, log=lambda s: None)
+        ppl.append(result["validation"]["perplexity"])
+    assert ppl[0] != ppl[1]                                   # another initialisation, another result
+    table = common.seed_spread_table(folders, "t").splitlines()
+    assert table[0] == "| run | what | seeds | val ppl per seed | mean | spread |"
+    spread = 100 * (max(ppl) / min(ppl) - 1)
+    assert table[2] == (f"| hope | Hope | 0, 1 | {ppl[0]:.2f} / {ppl[1]:.2f} | {sum(ppl) / 2:.2f} | {spread:.1f}% |")
+    assert len(common.seed_spread_table(folders[:1], "t").splitlines()) == 2      # one folder: nothing to compare
+    assert seed_spread.main(["t", *map(str, folders)]) == 0 and capsys.readouterr().out.splitlines()[2] == table[2]
+    assert seed_spread.main(["t", str(folders[0])]) == 1
+    with pytest.raises(ValueError, match="seed \\[0, 0\\] repeated"):
+        common.seed_spread_table([folders[0], folders[0]], "t")
+    other = tmp_path / "other_lr"
+    common.train_run(run, dataclasses.replace(SETTINGS, seed=2, lr=1e-3), "t",
+                     **{**dirs, "results_dir": other, "checkpoint_dir": tmp_path / "ckpt2"}, log=lambda s: None)
+    with pytest.raises(ValueError, match="differ in more than the seed"):
+        common.seed_spread_table([folders[0], other], "t")

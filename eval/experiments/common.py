@@ -703,6 +703,47 @@ def markdown_table(results: Sequence[dict], order: Sequence[str] | None = None, 
     return "\n".join(lines)
 
 
+def seed_spread_table(results_dirs: Sequence[Path], study: str, order: Sequence[str] | None = None) -> str:
+    """The same runs trained from several initialisation seeds: one row per run found in at least two of
+    `results_dirs` (each folder holds one training per run), with the perplexity of each seed, their mean and the
+    spread `max / min − 1`.
+
+    Results of one run must be the same training apart from the seed (config, corpus, dtype, CMS learning rates,
+    every other setting, as `adopt_identical_result` compares them) and of distinct seeds; otherwise `ValueError`
+    naming the run and the folders.
+    """
+    by_run: dict[str, list[tuple[Path, dict]]] = {}
+    for folder in results_dirs:
+        for result in load_results(folder, study):
+            by_run.setdefault(result["run"], []).append((Path(folder), result))
+
+    def training(result: dict) -> str:      # what `adopt_identical_result` compares, the seed aside
+        config = {k: v for k, v in result["config"].items() if k not in _NOT_THE_TRAINING}
+        settings = {k: v for k, v in result["settings"].items() if k != "seed"}
+        return json.dumps([config, result["data"].get("cache_key"), result.get("dtype"), result.get("level_lr_scale"),
+                           settings], sort_keys=True)
+
+    rank = {name: i for i, name in enumerate(order or [])}
+    lines = ["| run | what | seeds | val ppl per seed | mean | spread |", "|---|---|---|---|---:|---:|"]
+    for name in sorted(by_run, key=lambda n: (rank.get(n, len(rank)), n)):
+        found = sorted(by_run[name], key=lambda fr: fr[1]["settings"]["seed"])
+        if len(found) < 2:
+            continue
+        if len({training(r) for _, r in found}) > 1:
+            raise ValueError(f"run {name}: the results in {[str(f) for f, _ in found]} differ in more than the seed")
+        seeds = [r["settings"]["seed"] for _, r in found]
+        if len(set(seeds)) < len(seeds):
+            raise ValueError(f"run {name}: seed {seeds} repeated across {[str(f) for f, _ in found]}")
+        ppl = [r["validation"]["perplexity"] for _, r in found]
+        finite = [p for p in ppl if p is not None]
+        mean = f"{sum(finite) / len(finite):.2f}" if len(finite) == len(ppl) else "-"
+        spread = f"{100 * (max(finite) / min(finite) - 1):.1f}%" if len(finite) == len(ppl) else "-"
+        per_seed = " / ".join(_number(p, ".2f", r) for p, (_, r) in zip(ppl, found, strict=True))
+        lines.append(f"| {name} | {found[0][1].get('label', '')} | {', '.join(map(str, seeds))} | {per_seed} | "
+                     f"{mean} | {spread} |")
+    return "\n".join(lines)
+
+
 def _number(value: float | None, spec: str, result: dict) -> str:
     """`value` formatted, or why there is none (a run that diverged)."""
     if value is None:
@@ -980,6 +1021,6 @@ def variants_main(study: str, base: str, title: str, runs_of_corpus, doc: str, a
 __all__ = [
     "Corpus", "Run", "TrainSettings", "base_parser", "batch_indices", "build_config", "check_parameter_match",
     "adopt_identical_result", "cms_levels", "count_parameters", "evaluate", "load_corpus", "load_results", "main",
-    "markdown_table", "parameter_report", "plot_curves", "read_documents", "split_documents", "train_run",
-    "variants_main",
+    "markdown_table", "parameter_report", "plot_curves", "read_documents", "seed_spread_table", "split_documents",
+    "train_run", "variants_main",
 ]
