@@ -167,6 +167,8 @@ def test_a_result_of_the_same_training_is_taken_and_another_is_not(corpus_file, 
     assert [line.split("(")[1].split(" differ")[0] for line in logs[-3:]] == ["config", "settings", "dtype"]
     assert not (dirs["results_dir"] / "second" / "k.json").exists()
     assert not (dirs["results_dir"] / "third").exists()
+    recomputed = dataclasses.replace(SETTINGS, gradient_checkpointing=not SETTINGS.gradient_checkpointing)
+    assert common.adopt_identical_result(twin, recomputed, "fourth", source_path, **kwargs)["run"] == "base"
 
 
 def test_a_run_killed_without_warning_resumes_from_its_last_timed_checkpoint(corpus_file, dirs, tmp_path):

@@ -610,6 +610,12 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
 
 #: Config fields that do not change what a run computes (ignored when two runs are compared).
 _NOT_THE_TRAINING = ("memory_implementation", "transformers_version")
+#: Settings that change how a step is computed, not what: activation checkpointing recomputes the same values.
+_SETTINGS_NOT_THE_TRAINING = ("gradient_checkpointing",)
+
+
+def _training_settings(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in _SETTINGS_NOT_THE_TRAINING}
 
 
 def _dtype_name(device: torch.device) -> str:
@@ -622,7 +628,8 @@ def adopt_identical_result(run: Run, settings: TrainSettings, study: str, source
     """Take another study's result as `run`'s when it is the same training, instead of training it again.
 
     Same training: the same full model config (the memory implementation aside: the same function), the same corpus
-    (token cache key), the same settings and the same dtype as `run` on `device`. Then the result is written as
+    (token cache key), the same settings (activation checkpointing aside: it recomputes the same values) and the
+    same dtype as `run` on `device`. Then the result is written as
     `run`'s (study and run renamed, `same_training_as` naming the source) and returned; otherwise (or if `run` has a
     result already, or `source` does not exist) nothing is written and `None` is returned. On a CPU a training is
     deterministic (the resume tests compare bit for bit), so a rerun would give the very same numbers.
@@ -639,7 +646,8 @@ def adopt_identical_result(run: Run, settings: TrainSettings, study: str, source
         ("config", mine == theirs),
         ("corpus", other["data"].get("cache_key")
          == load_corpus(run.data, config.vocab_size, cache_dir).info["cache_key"]),
-        ("settings", other["settings"] == json.loads(json.dumps(dataclasses.asdict(settings)))),   # tuples as lists
+        ("settings", _training_settings(other["settings"])
+         == _training_settings(json.loads(json.dumps(dataclasses.asdict(settings))))),   # tuples as lists
         ("dtype", other.get("dtype") == _dtype_name(torch.device(device))),
         ("CMS learning rates", other.get("level_lr_scale") == run.level_lr_scale),
     ) if not same]
@@ -719,7 +727,7 @@ def seed_spread_table(results_dirs: Sequence[Path], study: str, order: Sequence[
 
     def training(result: dict) -> str:      # what `adopt_identical_result` compares, the seed aside
         config = {k: v for k, v in result["config"].items() if k not in _NOT_THE_TRAINING}
-        settings = {k: v for k, v in result["settings"].items() if k != "seed"}
+        settings = {k: v for k, v in _training_settings(result["settings"]).items() if k != "seed"}
         return json.dumps([config, result["data"].get("cache_key"), result.get("dtype"), result.get("level_lr_scale"),
                            settings], sort_keys=True)
 
