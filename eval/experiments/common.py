@@ -1010,7 +1010,6 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
     return EXIT_INTERRUPTED if unfinished else 0
 
 
-
 def variants_main(study: str, base: str, title: str, runs_of_corpus, doc: str, argv: Sequence[str] | None,
                   script: str) -> int:
     """The command of a study of variants of one model (`ablations.py`, `cms_schedule.py`): `--data` picks the
