@@ -614,8 +614,22 @@ _NOT_THE_TRAINING = ("memory_implementation", "transformers_version")
 _SETTINGS_NOT_THE_TRAINING = ("gradient_checkpointing",)
 
 
-def _training_settings(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if k not in _SETTINGS_NOT_THE_TRAINING}
+def _training(config: dict, cache_key: str | None, settings: dict, dtype: str | None,
+              level_lr_scale: list[float] | None) -> dict[str, Any]:
+    """What makes two runs the same training, by the name a difference is reported under: the full model config, the
+    corpus (token cache key), the settings, the dtype and the CMS learning-rate factors, less the fields that change
+    how a step is computed, not what (`_NOT_THE_TRAINING`, `_SETTINGS_NOT_THE_TRAINING`)."""
+    return {"config": {k: v for k, v in config.items() if k not in _NOT_THE_TRAINING},
+            "corpus": cache_key,
+            "settings": {k: v for k, v in settings.items() if k not in _SETTINGS_NOT_THE_TRAINING},
+            "dtype": dtype,
+            "CMS learning rates": level_lr_scale}
+
+
+def _training_of_result(result: dict) -> dict[str, Any]:
+    """`_training` of a result JSON."""
+    return _training(result["config"], result["data"].get("cache_key"), result["settings"], result.get("dtype"),
+                     result.get("level_lr_scale"))
 
 
 def _dtype_name(device: torch.device) -> str:
@@ -640,17 +654,12 @@ def adopt_identical_result(run: Run, settings: TrainSettings, study: str, source
         return None
     other = json.loads(source.read_text())
     config = build_config(run)
-    mine = {k: v for k, v in json.loads(config.to_json_string(use_diff=False)).items() if k not in _NOT_THE_TRAINING}
-    theirs = {k: v for k, v in other["config"].items() if k not in _NOT_THE_TRAINING}
-    differences = [name for name, same in (
-        ("config", mine == theirs),
-        ("corpus", other["data"].get("cache_key")
-         == load_corpus(run.data, config.vocab_size, cache_dir).info["cache_key"]),
-        ("settings", _training_settings(other["settings"])
-         == _training_settings(json.loads(json.dumps(dataclasses.asdict(settings))))),   # tuples as lists
-        ("dtype", other.get("dtype") == _dtype_name(torch.device(device))),
-        ("CMS learning rates", other.get("level_lr_scale") == run.level_lr_scale),
-    ) if not same]
+    mine = _training(json.loads(config.to_json_string(use_diff=False)),
+                     load_corpus(run.data, config.vocab_size, cache_dir).info["cache_key"],
+                     json.loads(json.dumps(dataclasses.asdict(settings))),      # tuples as lists, as in the JSON
+                     _dtype_name(torch.device(device)), run.level_lr_scale)
+    theirs = _training_of_result(other)
+    differences = [name for name in mine if mine[name] != theirs[name]]
     if differences:
         log(f"[{run.name}] {source} is not the same training ({', '.join(differences)} differ): training it")
         return None
@@ -711,33 +720,30 @@ def markdown_table(results: Sequence[dict], order: Sequence[str] | None = None, 
     return "\n".join(lines)
 
 
-def seed_spread_table(results_dirs: Sequence[Path], study: str, order: Sequence[str] | None = None) -> str:
+def seed_spread_table(results_dirs: Sequence[Path], study: str) -> str:
     """The same runs trained from several initialisation seeds: one row per run found in at least two of
     `results_dirs` (each folder holds one training per run), with the perplexity of each seed, their mean and the
     spread `max / min − 1`.
 
-    Results of one run must be the same training apart from the seed (config, corpus, dtype, CMS learning rates,
-    every other setting, as `adopt_identical_result` compares them) and of distinct seeds; otherwise `ValueError`
-    naming the run and the folders.
+    Results of one run must be the same training apart from the seed (`_training`, as `adopt_identical_result`
+    compares them) and of distinct seeds; otherwise `ValueError` naming the run and the folders.
     """
     by_run: dict[str, list[tuple[Path, dict]]] = {}
     for folder in results_dirs:
         for result in load_results(folder, study):
             by_run.setdefault(result["run"], []).append((Path(folder), result))
 
-    def training(result: dict) -> str:      # what `adopt_identical_result` compares, the seed aside
-        config = {k: v for k, v in result["config"].items() if k not in _NOT_THE_TRAINING}
-        settings = {k: v for k, v in _training_settings(result["settings"]).items() if k != "seed"}
-        return json.dumps([config, result["data"].get("cache_key"), result.get("dtype"), result.get("level_lr_scale"),
-                           settings], sort_keys=True)
+    def training_but_seed(result: dict) -> str:
+        training = _training_of_result(result)
+        training["settings"] = {k: v for k, v in training["settings"].items() if k != "seed"}
+        return json.dumps(training, sort_keys=True)
 
-    rank = {name: i for i, name in enumerate(order or [])}
     lines = ["| run | what | seeds | val ppl per seed | mean | spread |", "|---|---|---|---|---:|---:|"]
-    for name in sorted(by_run, key=lambda n: (rank.get(n, len(rank)), n)):
+    for name in sorted(by_run):
         found = sorted(by_run[name], key=lambda fr: fr[1]["settings"]["seed"])
         if len(found) < 2:
             continue
-        if len({training(r) for _, r in found}) > 1:
+        if len({training_but_seed(r) for _, r in found}) > 1:
             raise ValueError(f"run {name}: the results in {[str(f) for f, _ in found]} differ in more than the seed")
         seeds = [r["settings"]["seed"] for _, r in found]
         if len(set(seeds)) < len(seeds):
