@@ -130,6 +130,23 @@ def test_prefill_then_decode_equals_full_forward(variant, prefill):
     assert_caches_close(cache, output_cache(full))
 
 
+def test_prefill_then_decode_with_input_projection():
+    """The convolution's cached inputs are W_x x: decoding after a prefill of 6 (between C_o and C_m) equals one
+    forward, with W_x moved off its identity initialisation."""
+    model = build("hope", input_projection=True)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mixer.input_proj.weight.add_(0.3 * torch.randn(32, 32, generator=torch.Generator().manual_seed(3)))
+    x = ids()
+    with torch.no_grad():
+        full = model(x, use_cache=True)
+        out = model(x[:, :6], use_cache=True)
+        cache = output_cache(out)
+        logits = torch.cat([out.logits, decode(model, x[:, 6:], cache)], dim=1)
+    assert (logits - full.logits).abs().max() < 1e-5
+    assert_caches_close(cache, output_cache(full))
+
+
 @pytest.mark.parametrize("variant", ["hope", "hope-attention"])
 def test_prefill_then_decode_with_in_context_cms(variant):
     """Same contract with an in-context CMS level on (chunk 4): the fast weights ΔW in the cache's `cms` slot and

@@ -55,6 +55,7 @@ BAD = [
     (dict(mixer="attention", hidden_size=20, num_heads=4), "num_heads", "head size 5"),
     (dict(inner_optimizer="adam"), "inner_optimizer", "adam"),
     (dict(inner_momentum="yes"), "inner_momentum", "yes"),
+    (dict(input_projection=1), "input_projection", "1"),
     (dict(inner_weight_decay=0), "inner_weight_decay", "0"),
     (dict(eta_max=0.0), "eta_max", "0.0"),
     (dict(eta_init=2.0), "eta_init", "2.0"),

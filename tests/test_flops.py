@@ -24,6 +24,7 @@ VARIANTS = {
     "hope": {},
     "hope-gd": {"inner_optimizer": "gd"},
     "no-momentum": {"inner_momentum": False},
+    "input-projection": {"input_projection": True},
     "titans-like": {"adaptive_k": False, "adaptive_v": False, "adaptive_rates": False, "inner_optimizer": "gd",
                     "memory_chunk_size": 4},
     "adaptive-q-no-decay": {"adaptive_q": True, "inner_weight_decay": False, "memory_expansion": 1},

@@ -21,6 +21,7 @@ VARIANTS = {
     "hope-adaptive-q": {"adaptive_q": True},
     "hope-tied": {"tie_word_embeddings": True},
     "hope-no-weight-decay": {"inner_weight_decay": False},
+    "hope-input-projection": {"input_projection": True},
     "titans-no-weight-decay": {"adaptive_k": False, "adaptive_v": False, "adaptive_rates": False,
                                "inner_weight_decay": False},
 }
@@ -297,3 +298,47 @@ def test_padded_batch_equals_each_sequence_alone(variant, side):
     alone_short, alone_long = model(short).logits, model(long).logits
     assert torch.allclose(logits[0, short_rows], alone_short[0], atol=1e-10, rtol=1e-8)
     assert torch.allclose(logits[1], alone_long[0], atol=1e-10, rtol=1e-8)
+
+
+def mixed_input_model() -> HopeForCausalLM:
+    """A tiny Hope with `input_projection=True` and W_x moved off its identity initialisation (identity would hide a
+    path that skips it)."""
+    model = build("hope-input-projection").double()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            weight = layer.mixer.input_proj.weight
+            weight.add_(0.3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(3), dtype=weight.dtype))
+    return model
+
+
+def test_input_projection_starts_as_the_model_without_it():
+    """W_x is initialised to the identity: the same other weights give the same logits; moving W_x changes them."""
+    mixed = build("hope-input-projection")
+    plain = build("hope")
+    assert all(torch.equal(layer.mixer.input_proj.weight, torch.eye(32)) for layer in mixed.model.layers)
+    state = {k: v for k, v in mixed.state_dict().items() if "input_proj" not in k}
+    plain.load_state_dict(state, strict=True)
+    x = ids()
+    assert torch.equal(mixed(x).logits, plain(x).logits)
+    extra = sum(p.numel() for p in mixed.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 2 * 32 * 32                          # D² per layer
+    with torch.no_grad():
+        mixed.model.layers[0].mixer.input_proj.weight.mul_(0.5)
+    assert (mixed(x).logits - plain(x).logits).abs().max() > 1e-4
+
+
+def test_input_projection_keeps_the_contracts():
+    """With a non-identity W_x: chunked == naive (float64), and a padded batch gives each row its logits alone."""
+    model = mixed_input_model()
+    x = ids(length=27)
+    logits_chunk = model(x).logits
+    model.set_memory_implementation("naive")
+    logits_naive = model(x).logits
+    model.set_memory_implementation("chunk")
+    assert ((logits_chunk - logits_naive).norm() / logits_naive.norm()) < 1e-10
+    short, long = ids(batch=1, length=3, seed=5), ids(batch=1, length=12, seed=6)
+    batch = torch.cat([torch.cat([torch.zeros(1, 9, dtype=torch.long), short], dim=1), long])
+    mask = torch.cat([torch.cat([torch.zeros(1, 9), torch.ones(1, 3)], dim=1), torch.ones(1, 12)]).long()
+    logits = model(batch, attention_mask=mask).logits
+    assert torch.allclose(logits[0, 9:], model(short).logits[0], atol=1e-10, rtol=1e-8)
+    assert torch.allclose(logits[1], model(long).logits[0], atol=1e-10, rtol=1e-8)

@@ -37,6 +37,8 @@ def test_default_targets_cover_both_mixers():
                                                         "down_proj"}
     assert lora_config(base_model("attention")).target_modules == {"q_proj", "k_proj", "v_proj", "o_proj",
                                                                    "gate_proj", "up_proj", "down_proj"}
+    mixed = HopeForCausalLM(HopeConfig(**tiny_config_kwargs(num_hidden_layers=1, input_projection=True)))
+    assert "input_proj" in lora_config(mixed).target_modules
     assert lora_config(base_model(), train_memory_init=True).modules_to_save == ["memories"]
     with pytest.raises(ValueError, match="train_memory_init"):
         lora_config(base_model("attention"), train_memory_init=True)

@@ -8,7 +8,8 @@ those rows as "this design at its own size", not at equal parameters. Rows that 
 CMS levels keep the count equal.
 
 Table 6 rows: w/o DGD (plain GD inner updates), w/o momentum, w/o weight decay (α ≡ 1), w/o CMS (one
-level as wide as the three), static k, static v, adaptive q; and static η/α (`adaptive_rates=False`).
+level as wide as the three), static k, static v, adaptive q; and static η/α (`adaptive_rates=False`) and a static
+input projection before the per-head memories (`input_projection=True`, at the base's parameter count).
 The base row is the LM comparison's `hope-tiny` run on the same corpus: when `lm_comparison.py` has its result in the
 same results folder, made with the same config, corpus, settings and dtype, it is taken (marked `same_training_as`)
 instead of training the same model twice.
@@ -51,6 +52,10 @@ ROWS: dict[str, tuple[str, dict]] = {
     # beyond Table 6: static eta_t, alpha_t (linear in x, as in Titans), the one static part the Titans ablation has
     # and no row above removes
     "static-rates": ("static eta, alpha (linear projections)", {"adaptive_rates": False}),
+    # beyond the paper: a static D x D map before the convolution, so each head's memories read all channels (without
+    # it head i's memories see channels i*d..(i+1)*d only); CMS levels of 82 pay for its 4 x 128^2 weights
+    "input-projection": ("input projection W_x (CMS levels of 82)",
+                         {"input_projection": True, "cms_levels": common.cms_levels([(82, 1), (82, 4), (82, 16)])}),
     # memory expansion r (h = r d)
     "expansion-1": ("memory expansion r = 1", {"memory_expansion": 1}),
     "expansion-4": ("memory expansion r = 4", {"memory_expansion": 4}),

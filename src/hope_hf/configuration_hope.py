@@ -50,6 +50,12 @@ class HopeConfig(PreTrainedConfig):
         projection_chunk_size: `C_o`, the chunk of the k/v/η/α memories (tokens).
         memory_chunk_size: `C_m`, the chunk of the main memory; a multiple of `C_o`.
         conv_window: window of the causal depthwise convolution before the memories.
+        input_projection: a static linear map `W_x` (D×D, no bias, initialised to the identity) before the
+            convolution, `x̃ = silu(conv(W_x x))`, so that each head's memories read a learned mixture of all `D`
+            channels. Without it (the default, HOPE.md §3) the per-head memories of head `i` see only channels
+            `i·d .. (i+1)·d` of the block input: the depthwise convolution and the per-head memories mix no
+            channels, where the paper's full-width memories (and a static `W_k`) do. Costs `D²` parameters per
+            layer.
         inner_optimizer: `"dgd"` (Delta Gradient Descent, Eq. 56-57) or `"gd"` (plain gradient
             descent with weight decay: the "w/o DGD" ablation).
         inner_momentum: momentum on the inner updates, `S_t = β S_{t-1} − η_t ∇_t`.
@@ -115,6 +121,7 @@ class HopeConfig(PreTrainedConfig):
     projection_chunk_size: int = 16
     memory_chunk_size: int = 64
     conv_window: int = 4
+    input_projection: bool = False
     inner_optimizer: str = "dgd"
     inner_momentum: bool = True
     adaptive_q: bool = False
@@ -216,7 +223,7 @@ class HopeConfig(PreTrainedConfig):
                 self.memory_chunk_size,
                 f"a multiple of projection_chunk_size={self.projection_chunk_size}",
             )
-        for field in ("inner_momentum", "adaptive_q", "adaptive_k", "adaptive_v", "adaptive_rates",
+        for field in ("input_projection", "inner_momentum", "adaptive_q", "adaptive_k", "adaptive_v", "adaptive_rates",
                       "inner_weight_decay", "normalize_values", "normalize_inner_step", "attention_bias", "tie_word_embeddings",
                       "in_context_cms"):
             if not isinstance(getattr(self, field), bool):

@@ -103,7 +103,7 @@ def hope_forward_flops(config: HopeConfig, batch: int, length: int, logits: int 
         parts["mixer_linear"] = 2 * tokens * (D * q_out + 2 * D * kv_out + q_out * D)
         parts["attention"] = attention_flops(batch, length, config.num_heads, config.head_dim)
     else:
-        static = sum(not getattr(config, f"adaptive_{name}") for name in ("q", "k", "v"))
+        static = sum(not getattr(config, f"adaptive_{name}") for name in ("q", "k", "v")) + config.input_projection
         rates = 0 if config.adaptive_rates else 1 + config.inner_weight_decay
         parts["mixer_linear"] = 2 * tokens * ((static + 2) * D * D + rates * D * config.num_heads)   # + g, o
         parts["mixer_conv"] = 2 * tokens * D * config.conv_window

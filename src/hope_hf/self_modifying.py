@@ -116,6 +116,8 @@ class SelfModifyingTitans(nn.Module):
             weight_decay=config.inner_weight_decay,
             normalize_inner_step=config.normalize_inner_step,
         )
+        if config.input_projection:
+            self.input_proj = nn.Linear(D, D, bias=False)          # W_x: mixes the channels the heads read
         self.conv = nn.Conv1d(D, D, kernel_size=config.conv_window, groups=D, bias=False)
         if not config.adaptive_q:
             self.q_proj = nn.Linear(D, D, bias=False)
@@ -160,6 +162,8 @@ class SelfModifyingTitans(nn.Module):
                 init.constant_(self.alpha_proj.bias, alpha_bias)
         if cfg.inner_momentum:
             init.constant_(self.momentum_logit, logit(cfg.momentum_init))
+        if cfg.input_projection:                                   # starts as the model without it
+            init.copy_(self.input_proj.weight, torch.eye(cfg.hidden_size))
         # depthwise conv: the current token passes through, neighbours start small
         weight = torch.randn_like(self.conv.weight) * std
         weight[:, 0, -1] += 1.0
@@ -207,6 +211,8 @@ class SelfModifyingTitans(nn.Module):
             attention_mask = attention_mask.gather(1, order)
             hidden = hidden.gather(1, order[..., None].expand_as(hidden)) * attention_mask[..., None].to(hidden.dtype)
             lengths = (attention_mask != 0).sum(dim=1)                          # real tokens per row [B]
+        if self.config.input_projection:
+            hidden = self.input_proj(hidden)                               # W_x x (no bias: padding stays 0)
         # causal depthwise convolution over [previous inputs, this call]
         window = state.conv.shape[2]
         conv_in = torch.cat([state.conv.to(hidden.dtype), hidden.transpose(1, 2)], dim=2)

@@ -128,10 +128,11 @@ def make_trainer(model: nn.Module, args: TrainingArguments, train_dataset, eval_
 
 
 #: Linear layers LoRA adapts by default, where the model has them: the mixer's projections (self-modifying:
-#: `q_proj`, `g_proj`, `o_proj`, plus `k_proj`, `v_proj` when k / v are static; attention: `q/k/v/o_proj`) and
+#: `q_proj`, `g_proj`, `o_proj`, plus `k_proj`, `v_proj` when k / v are static and `input_proj` with
+#: `input_projection`; attention: `q/k/v/o_proj`) and
 #: every CMS level's `gate_proj`, `up_proj`, `down_proj`. Not the static rate gates (`eta_proj`, `alpha_proj`,
 #: H outputs), the embeddings or the head.
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "g_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGET_MODULES = ("input_proj", "q_proj", "k_proj", "v_proj", "o_proj", "g_proj", "gate_proj", "up_proj", "down_proj")
 #: The meta-learned initial states A⁰, B⁰ of the self-modifying memories (`FastMemoryBank`, module name `memories`).
 MEMORY_INIT_MODULES = ("memories",)
 
