@@ -55,7 +55,7 @@ class HopeConfig(PreTrainedConfig):
             channels. Without it (the default, HOPE.md §3) the per-head memories of head `i` see only channels
             `i·d .. (i+1)·d` of the block input: the depthwise convolution and the per-head memories mix no
             channels, where the paper's full-width memories (and a static `W_k`) do. Costs `D²` parameters per
-            layer.
+            layer. Measured at ~2M on two seeds: no gain beyond the seed spread (README, Results), hence off.
         inner_optimizer: `"dgd"` (Delta Gradient Descent, Eq. 56-57) or `"gd"` (plain gradient
             descent with weight decay: the "w/o DGD" ablation).
         inner_momentum: momentum on the inner updates, `S_t = β S_{t-1} − η_t ∇_t`.
