@@ -32,6 +32,17 @@ def tiny_config_kwargs(**overrides):
     return kwargs
 
 
+def move_input_projection_off_identity(model):
+    """Add noise to every layer's W_x (a model with `input_projection=True`): at its identity initialisation a path that
+    skipped W_x would pass every equality test. Returns the model."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            weight = layer.mixer.input_proj.weight
+            weight.add_(0.3 * torch.randn(weight.shape, generator=generator, dtype=weight.dtype))
+    return model
+
+
 @pytest.fixture
 def tiny_kwargs():
     return tiny_config_kwargs

@@ -16,7 +16,7 @@ from hope_hf.memory_ops import (
     packed_memory_update,
 )
 
-from conftest import tiny_config_kwargs
+from conftest import move_input_projection_off_identity, tiny_config_kwargs
 from test_memory_ops import HOPE, TITANS, assert_same, make_case, slice_inputs
 
 # tiny configs: C_o = 4, C_m = 8
@@ -133,10 +133,7 @@ def test_prefill_then_decode_equals_full_forward(variant, prefill):
 def test_prefill_then_decode_with_input_projection():
     """The convolution's cached inputs are W_x x: decoding after a prefill of 6 (between C_o and C_m) equals one
     forward, with W_x moved off its identity initialisation."""
-    model = build("hope", input_projection=True)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mixer.input_proj.weight.add_(0.3 * torch.randn(32, 32, generator=torch.Generator().manual_seed(3)))
+    model = move_input_projection_off_identity(build("hope", input_projection=True))
     x = ids()
     with torch.no_grad():
         full = model(x, use_cache=True)

@@ -103,9 +103,9 @@ def hope_forward_flops(config: HopeConfig, batch: int, length: int, logits: int 
         parts["mixer_linear"] = 2 * tokens * (D * q_out + 2 * D * kv_out + q_out * D)
         parts["attention"] = attention_flops(batch, length, config.num_heads, config.head_dim)
     else:
-        static = sum(not getattr(config, f"adaptive_{name}") for name in ("q", "k", "v")) + config.input_projection
+        square = sum(not getattr(config, f"adaptive_{name}") for name in ("q", "k", "v")) + config.input_projection
         rates = 0 if config.adaptive_rates else 1 + config.inner_weight_decay
-        parts["mixer_linear"] = 2 * tokens * ((static + 2) * D * D + rates * D * config.num_heads)   # + g, o
+        parts["mixer_linear"] = 2 * tokens * ((square + 2) * D * D + rates * D * config.num_heads)   # D x D maps + g, o
         parts["mixer_conv"] = 2 * tokens * D * config.conv_window
         parts.update(memory_flops(config, batch, length))
     parts["cms"] = 2 * tokens * sum(3 * D * level["intermediate_size"] for level in config.cms_levels)
