@@ -347,6 +347,31 @@ def test_table_and_plot_from_the_jsons(corpus_file, dirs, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_progress_reads_finished_unfinished_and_unstarted_runs_at_equal_tokens(corpus_file, dirs):
+    runs = [common.Run(name=name, config=config, data=str(corpus_file), group="cell")
+            for name, config in (("hope", hope_config()), ("llama", llama_config()), ("later", llama_config()))]
+    done = common.train_run(runs[0], SETTINGS, "t", **dirs, log=lambda s: None)
+    assert common.train_run(runs[1], SETTINGS, "t", **dirs, stop_after_steps=5, log=lambda s: None) is None
+    checkpoint = torch.load(dirs["checkpoint_dir"] / "t" / "llama.pt", weights_only=False)
+
+    progress = common.run_progress(runs, lambda run: SETTINGS, "t", dirs["results_dir"], dirs["checkpoint_dir"])
+    assert [(p["run"], p["state"], p["step"], p["steps"]) for p in progress] == [
+        ("hope", "done", 8, 8), ("llama", "running", 5, 8), ("later", "not started", 0, 8)]
+    assert progress[0]["curve"] == done["curve"] and progress[1]["curve"] == checkpoint["curve"]
+    assert [t for t, _ in checkpoint["curve"]] == [0, 64, 128]         # evaluated every 2 steps of 32 tokens
+
+    lines = common.progress_table(progress).splitlines()
+    assert lines[0] == "cell:"
+    assert lines[2] == "| tokens | hope (done) | llama (step 5/8) | later (not started) |"
+    by_tokens = {line.split(" | ")[0]: line for line in lines[4:]}
+    assert set(by_tokens) == {f"| {t:,}" for t, _ in done["curve"]}
+    hope_loss, llama_loss = dict(done["curve"])[128], dict(checkpoint["curve"])[128]
+    assert by_tokens["| 128"] == f"| 128 | {hope_loss:.4f} | {llama_loss:.4f} | - |"
+    assert by_tokens["| 256"] == f"| 256 | {dict(done['curve'])[256]:.4f} | - | - |"
+    # neither source is touched: the unfinished run still resumes to its end
+    assert common.train_run(runs[1], SETTINGS, "t", **dirs, log=lambda s: None)["steps"] == 8
+
+
 def test_child_processes_get_one_run_and_the_parents_budget():
     argv = ["--jobs", "4", "--only", "a", "b", "--tokens", "100", "--max-minutes", "9", "--threads=8", "--force"]
     child = common._child_argv(argv, "b", deadline=1234.5, threads=2)

@@ -25,7 +25,8 @@ tokens in the same order with the same optimiser and schedule; only the model di
   next time unless `--force`.
 - **runner** (`main`): `--only`, `--jobs N` (N runs as parallel subprocesses), `--tokens`, `--device`,
   `--max-minutes`, `--results-dir`, `--table` (print the markdown table and write the PNG of validation
-  loss against tokens from the JSONs alone).
+  loss against tokens from the JSONs alone), `--progress` (the validation loss so far of finished and unfinished
+  runs side by side at equal tokens, from the JSONs and the checkpoints).
 """
 
 from __future__ import annotations
@@ -720,6 +721,61 @@ def markdown_table(results: Sequence[dict], order: Sequence[str] | None = None, 
     return "\n".join(lines)
 
 
+def run_progress(runs: Sequence[Run], settings: Callable[[Run], TrainSettings], study: str,
+                 results_dir: Path = RESULTS_DIR, checkpoint_dir: Path = CHECKPOINT_DIR) -> list[dict]:
+    """Where each run stands, from its result JSON or else its checkpoint (neither is modified): one dict per run
+    with `run`, `group`, `state` (`"done"`, `"diverged"`, `"running"`: a checkpoint, no result, or `"not started"`),
+    `step`, `steps` and `curve` (`[tokens, validation loss]` pairs measured so far). `settings(run)` gives the
+    settings of a run without a checkpoint (its step count)."""
+    out = []
+    for run in runs:
+        result_path = Path(results_dir) / study / f"{run.name}.json"
+        ckpt_path = Path(checkpoint_dir) / study / f"{run.name}.pt"
+        entry = {"run": run.name, "group": run.group}
+        if result_path.is_file():
+            result = json.loads(result_path.read_text())
+            entry.update(state="done" if result["diverged_at_step"] is None else "diverged", step=result["steps"],
+                         steps=_settings_of(result["settings"]).steps, curve=result["curve"])
+        elif ckpt_path.is_file():
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+            entry.update(state="running", step=state["step"], steps=_settings_of(state["settings"]).steps,
+                         curve=[list(point) for point in state["curve"]])
+        else:
+            entry.update(state="not started", step=0, steps=settings(run).steps, curve=[])
+        out.append(entry)
+    return out
+
+
+def _settings_of(saved: dict) -> TrainSettings:
+    """`TrainSettings` from `dataclasses.asdict` as a checkpoint or a result JSON holds it."""
+    return TrainSettings(**{**saved, "betas": tuple(saved["betas"])})
+
+
+def _progress_state(entry: dict) -> str:
+    return f"step {entry['step']}/{entry['steps']}" if entry["state"] == "running" else entry["state"]
+
+
+def progress_table(progress: Sequence[dict]) -> str:
+    """Validation loss against training tokens of finished and unfinished runs side by side (`run_progress`), one
+    markdown table per group: a column per run headed by its state (`step s/N` while running), a row per token
+    count any of them has measured. Runs with the same schedule are compared at equal tokens and equal learning
+    rate, so an unfinished run can be read against the others before its final perplexity exists."""
+    groups: dict[str, list[dict]] = {}
+    for entry in progress:
+        groups.setdefault(str(entry["group"] or "all"), []).append(entry)
+    tables = []
+    for group, entries in groups.items():
+        heads = [f"{e['run']} ({_progress_state(e)})" for e in entries]
+        lines = [f"{group}:", "", "| tokens | " + " | ".join(heads) + " |", "|---:|" + "---:|" * len(entries)]
+        losses = [{tokens: _finite_or_none(loss) for tokens, loss in e["curve"]} for e in entries]
+        for tokens in sorted({t for curve in losses for t in curve}):
+            cells = ["-" if tokens not in c else "non-finite" if c[tokens] is None else f"{c[tokens]:.4f}"
+                     for c in losses]
+            lines.append(f"| {tokens:,} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
 def seed_spread_table(results_dirs: Sequence[Path], study: str) -> str:
     """The same runs trained from several initialisation seeds: one row per run found in at least two of
     `results_dirs` (each folder holds one training per run), with the perplexity of each seed, their mean and the
@@ -837,6 +893,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_DIR)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     parser.add_argument("--table", action="store_true", help="only print the table and write the plot from the JSONs")
+    parser.add_argument("--progress", action="store_true",
+                        help="only print the validation loss so far of finished and unfinished runs at equal tokens "
+                             "(from the JSONs and the checkpoints)")
     parser.add_argument("--prepare", action="store_true",
                         help="only build the token caches of the selected runs' corpora (then carry --cache-dir)")
     return parser
@@ -950,6 +1009,10 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
         if unknown:
             raise SystemExit(f"unknown run(s) {unknown}; runs of {study}: {names}")
         runs = [run for run in runs if run.name in args.only]
+    if args.progress:
+        print(progress_table(run_progress(runs, lambda run: run_settings(run, settings_from_args(args, defaults), args),
+                                          study, args.results_dir, args.checkpoint_dir)))
+        return 0
     if args.table:
         results = [r for r in load_results(args.results_dir, study) if r["run"] in {run.name for run in runs}]
         if not results:
@@ -1034,6 +1097,6 @@ def variants_main(study: str, base: str, title: str, runs_of_corpus, doc: str, a
 __all__ = [
     "Corpus", "Run", "TrainSettings", "base_parser", "batch_indices", "build_config", "check_parameter_match",
     "adopt_identical_result", "cms_levels", "count_parameters", "evaluate", "load_corpus", "load_results", "main",
-    "markdown_table", "parameter_report", "plot_curves", "read_documents", "seed_spread_table", "split_documents",
-    "train_run", "variants_main",
+    "markdown_table", "parameter_report", "plot_curves", "progress_table", "read_documents", "run_progress",
+    "seed_spread_table", "split_documents", "train_run", "variants_main",
 ]
