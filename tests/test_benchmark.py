@@ -13,6 +13,7 @@ from transformers import LlamaConfig
 from hope_hf.benchmark import (
     REFERENCE,
     Subject,
+    Variant,
     bench_configs,
     build_model,
     cpu_memory_tracking,
@@ -70,6 +71,57 @@ def test_unknown_family_or_unreachable_size_is_refused():
                       parameters=1000)
     with pytest.raises(ValueError, match="parts must be among"):
         run_bench(parts=("speed",))
+
+
+def test_a_variant_is_a_family_with_other_switches_at_the_same_parameter_count():
+    variants = [Variant.parse("hope-fast=hope:adaptive_rates=false,projection_chunk_size=8"),
+                Variant.parse("titans-dgd=titans:inner_optimizer=dgd")]
+    assert variants[0] == Variant("hope-fast", "hope", {"adaptive_rates": False, "projection_chunk_size": 8})
+    assert variants[1].overrides == {"inner_optimizer": "dgd"}            # not JSON: kept as the string
+    configs = bench_configs(["hope"], hidden_size=64, layers=2, heads=4, vocab_size=512,
+                            max_position_embeddings=1024, variants=variants)
+    assert list(configs) == ["hope", "hope-fast", "titans-dgd", REFERENCE]
+    fast, titans = configs["hope-fast"], configs["titans-dgd"]
+    assert (fast.adaptive_rates, fast.projection_chunk_size, fast.memory_chunk_size) == (False, 8, 64)
+    assert (titans.inner_optimizer, titans.adaptive_k, len(titans.cms_levels)) == ("dgd", False, 1)
+    counts = {name: sum(p.numel() for p in build_model(c).parameters()) for name, c in configs.items()}
+    for name, count in counts.items():
+        assert count == pytest.approx(counts["hope"], rel=0.01), (name, counts)
+    # fewer memories, same count: the CMS is wider than hope's
+    assert fast.cms_levels[0]["intermediate_size"] > configs["hope"].cms_levels[0]["intermediate_size"]
+
+
+def test_bad_variants_are_refused_with_the_field_and_value(capsys):
+    for text in ("hope-fast", "hope-fast=hope:adaptive_rates", "=hope:x=1", "hope-fast=:x=1"):
+        with pytest.raises(ValueError, match=f"variant '{text}': expected NAME=FAMILY:FIELD=VALUE"):
+            Variant.parse(text)
+    shape = dict(hidden_size=32, layers=1, heads=2, vocab_size=99, max_position_embeddings=64)
+    for variant, message in (
+            (Variant("v", "hope", {"adaptive_ratez": False}),
+             "override adaptive_ratez=False of hope: adaptive_ratez is not a HopeConfig field"),
+            (Variant("v", "hope", {"hidden_size": 64}),
+             "override hidden_size=64 of hope: hidden_size is set by the bench"),
+            (Variant("v", "hope", {"projection_chunk_size": 5}), "memory_chunk_size"),
+            (Variant("v", "hope-xl", {}), "unknown model family 'hope-xl'"),
+            (Variant("titans", "hope", {}), "variant name 'titans' is taken")):
+        with pytest.raises(ValueError, match=message):
+            bench_configs(["hope"], **shape, variants=[variant])
+    with pytest.raises(ValueError, match="variant name 'v' is taken"):
+        bench_configs(["hope"], **shape, variants=[Variant("v", "hope"), Variant("v", "titans")])
+    with pytest.raises(ValueError, match="variants are built at the bench shape, not with size='tiny'"):
+        run_bench(models=("hope",), size="tiny", variants=[Variant("v", "hope")])
+    assert main(["bench", "--variant", "hope-c32=hope:projection_chunk_size=32,memory_chunk_size=48"]) == 2
+    assert "memory_chunk_size" in capsys.readouterr().err
+
+
+def test_a_variant_is_measured_beside_the_families(monkeypatch):
+    result = run_bench(models=("hope",), variants=[Variant("hope-c4", "hope", {"projection_chunk_size": 4})],
+                       lengths=(16,), tokens_per_step=16, repeats=1, warmup=0, parts=("train",), matmul_size=64,
+                       **SHAPE)
+    assert [r["model"] for r in result["rows"]] == ["hope", "hope-c4", REFERENCE]
+    assert all(r["train_tokens_per_s"] > 0 and "train_ratio" in r for r in result["rows"])
+    assert result["models"]["hope-c4"]["config"]["projection_chunk_size"] == 4
+    assert result["variants"] == {"hope-c4": {"family": "hope", "overrides": {"projection_chunk_size": 4}}}
 
 
 def test_round_robin_runs_warmup_then_rounds_and_takes_medians(monkeypatch):

@@ -20,7 +20,9 @@ The models: each family takes the switches of `modeling_configs/<family>-tiny.js
 chunk sizes, inner optimiser, CMS levels and their periods) at the bench shape (width, depth, heads,
 vocabulary); the widths of its CMS levels are then set so it holds as many parameters as `hope` with
 the default CMS (three levels as wide as the model); the Llama's MLP width is matched the same way
-(`hope_hf.baselines.matched_llama_config`). Every model is printed with its parameter count.
+(`hope_hf.baselines.matched_llama_config`). Every model is printed with its parameter count. A `Variant` is a
+family with other switches (`--variant hope-fast=hope:adaptive_rates=false,projection_chunk_size=32`), built the
+same way and measured beside the others: the cost of a setting, side by side.
 
 This is not a model file. CPU smoke (a minute on 2 cores):
     hope-hf --threads 1 bench --lengths 128 256 --tokens-per-step 256 --repeats 2
@@ -71,19 +73,65 @@ def _with_cms_width(config: HopeConfig, width: int) -> HopeConfig:
     return HopeConfig(**{**config.to_diff_dict(), "cms_levels": levels})
 
 
+#: `HopeConfig` fields a variant may not set: the bench shape's own, and the CMS levels (their width is what matches
+#: the parameter count).
+_NOT_VARIANT_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_heads",
+                       "num_key_value_heads", "max_position_embeddings", "cms_levels")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model measured beside the families: `family`'s switches with `overrides` (`HopeConfig` fields) on top,
+    e.g. `Variant("hope-static-rates", "hope", {"adaptive_rates": False})`; its CMS widths are set to the run's
+    parameter count like every family's."""
+
+    name: str
+    family: str
+    overrides: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """`NAME=FAMILY:FIELD=VALUE[,FIELD=VALUE...]` (each VALUE read as JSON, else kept as a string:
+        `hope-fast=hope:adaptive_rates=false,projection_chunk_size=32`, `hope-gd=hope:inner_optimizer=gd`).
+
+        Raises:
+            ValueError: naming the text when it is not of that form.
+        """
+        name, _, rest = text.partition("=")
+        family, _, assignments = rest.partition(":")
+        pairs = [item.partition("=") for item in assignments.split(",")] if assignments else []
+        if not name or not family or any(not key or not sep for key, sep, _ in pairs):
+            raise ValueError(f"variant {text!r}: expected NAME=FAMILY:FIELD=VALUE[,FIELD=VALUE...]")
+        overrides = {}
+        for key, _, value in pairs:
+            try:
+                overrides[key] = json.loads(value)
+            except json.JSONDecodeError:
+                overrides[key] = value
+        return cls(name, family, overrides)
+
+
 def family_config(family: str, *, hidden_size: int, layers: int, heads: int, vocab_size: int,
-                  max_position_embeddings: int, parameters: int | None = None) -> HopeConfig:
-    """`family`'s switches at the bench shape, its CMS widths set to hold `parameters` (if given).
+                  max_position_embeddings: int, parameters: int | None = None,
+                  overrides: dict | None = None) -> HopeConfig:
+    """`family`'s switches at the bench shape, with `overrides` (other `HopeConfig` fields) on top, its CMS widths
+    set to hold `parameters` (if given).
 
     Raises:
-        ValueError: for an unknown family, or a parameter count the CMS cannot reach.
+        ValueError: for an unknown family, an override of an unknown field or of the shape or CMS (named with its
+            value), an invalid value (`HopeConfig` names it), or a parameter count the CMS cannot reach.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; choose from {FAMILIES} (and {REFERENCE!r})")
+    known = HopeConfig().to_dict()
+    for key, value in (overrides or {}).items():
+        if key in _NOT_VARIANT_FIELDS or key not in known:
+            why = "is set by the bench" if key in _NOT_VARIANT_FIELDS else "is not a HopeConfig field"
+            raise ValueError(f"override {key}={value!r} of {family}: {key} {why}")
     spec = json.loads((CONFIG_DIR / f"{family}-tiny.json").read_text())
     shape = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers, num_heads=heads,
                  num_key_value_heads=heads, max_position_embeddings=max_position_embeddings)
-    spec = {k: v for k, v in spec.items() if k != "model_type"} | shape
+    spec = {k: v for k, v in spec.items() if k != "model_type"} | shape | (overrides or {})
     config = HopeConfig(**spec)
     if parameters is None:
         return config
@@ -97,17 +145,30 @@ def family_config(family: str, *, hidden_size: int, layers: int, heads: int, voc
 
 
 def bench_configs(families: Sequence[str], *, hidden_size: int = 256, layers: int = 4, heads: int = 4,
-                  vocab_size: int = 8192, max_position_embeddings: int = 9216) -> dict[str, PreTrainedConfig]:
-    """The configurations of a run: each family in `families`, then the Llama, all with one parameter count.
+                  vocab_size: int = 8192, max_position_embeddings: int = 9216,
+                  variants: Sequence[Variant] = ()) -> dict[str, PreTrainedConfig]:
+    """The configurations of a run: each family in `families`, each of `variants`, then the Llama, all with one
+    parameter count.
 
     The count is that of `hope` at this shape with the default CMS (`HopeConfig` default levels).
+
+    Raises:
+        ValueError: a variant named like a family, the Llama or another variant, or one `family_config` refuses.
     """
     shape = dict(hidden_size=hidden_size, layers=layers, heads=heads, vocab_size=vocab_size,
                  max_position_embeddings=max_position_embeddings)
+    names = [*families, REFERENCE]
+    for variant in variants:
+        if variant.name in names or variant.name in FAMILIES:
+            raise ValueError(f"variant name {variant.name!r} is taken (families {FAMILIES}, {REFERENCE!r}, "
+                             "other variants)")
+        names.append(variant.name)
     reference = family_config("hope", **shape)
     reference = HopeConfig(**{**reference.to_diff_dict(), "cms_levels": None})      # default CMS levels
     target = _meta_parameters(reference)
     configs = {family: family_config(family, **shape, parameters=target) for family in families}
+    for variant in variants:
+        configs[variant.name] = family_config(variant.family, **shape, parameters=target, overrides=variant.overrides)
     configs[REFERENCE] = matched_llama_config(reference, max_position_embeddings=max_position_embeddings)
     return configs
 
@@ -421,9 +482,11 @@ def run_bench(
     matmul_size: int | None = None,
     gradient_checkpointing: bool = False,
     memory_implementation: str | None = None,
+    variants: Sequence[Variant] = (),
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Measure `models` and a same-size Llama at `lengths` (see the module docstring).
+    """Measure `models`, `variants` (families with other switches, `Variant`) and a same-size Llama at `lengths`
+    (see the module docstring).
 
     `size` (e.g. `"340m"`) takes the named configurations `<family>-<size>` and `transformer-<size>` instead of
     the bench shape (`hidden_size`, `layers`, `heads`, `vocab_size`). `gradient_checkpointing` turns it on in
@@ -455,7 +518,9 @@ def run_bench(
     torch.manual_seed(0)
     if size is None:
         configs = bench_configs(families, hidden_size=hidden_size, layers=layers, heads=heads, vocab_size=vocab_size,
-                                max_position_embeddings=max(lengths) + 1024)
+                                max_position_embeddings=max(lengths) + 1024, variants=variants)
+    elif variants:
+        raise ValueError(f"variants are built at the bench shape, not with size={size!r}")
     else:
         configs = named_configs(families, size, max(lengths) + 1024)
     for config in configs.values():
@@ -550,6 +615,7 @@ def run_bench(
         "dtype": str(dtype).removeprefix("torch."), "tokens_per_step": tokens_per_step, "repeats": repeats,
         "warmup": warmup, "decode_steps": decode_steps, "gradient_checkpointing": gradient_checkpointing,
         "memory_implementation": memory_implementation or "chunk",
+        "variants": {v.name: {"family": v.family, "overrides": v.overrides} for v in variants},
         "matmul_peak_flops": peak, "matmul_peak_flops_alone": alone, "matmul_peak_flops_by_round": round_peaks,
         "peak_memory": memory,
         "models": {s.name: {"parameters": count_parameters(s.model), "config": s.config.to_diff_dict(),
@@ -622,6 +688,6 @@ def machine_description(device: str | torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, cpu"
 
 
-__all__ = ["FAMILIES", "MEMORY_SHARE", "PARTS", "REFERENCE", "available_bytes", "bench_configs", "cache_bytes", "family_config", "markdown_table",
-           "matmul_peak", "matmul_step", "measure_decode", "named_configs", "run_bench", "saved_activation_bytes", "step_peak_mib", "summary",
-           "time_round_robin"]
+__all__ = ["FAMILIES", "MEMORY_SHARE", "PARTS", "REFERENCE", "Variant", "available_bytes", "bench_configs",
+           "cache_bytes", "family_config", "markdown_table", "matmul_peak", "matmul_step", "measure_decode",
+           "named_configs", "run_bench", "saved_activation_bytes", "step_peak_mib", "summary", "time_round_robin"]

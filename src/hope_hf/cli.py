@@ -246,11 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  hope-hf --threads 1 bench                                  # the full report (~15 min, 2 cores)"
                "\n  hope-hf --threads 1 bench --lengths 512 2048 --json bench.json"
                "\n  hope-hf bench --device cuda --dtype bfloat16 --lengths 512 2048 8192"
-               "\n  hope-hf bench --parts decode --lengths 512 2048 8192           # decoding only")
+               "\n  hope-hf bench --parts decode --lengths 512 2048 8192           # decoding only"
+               "\n  hope-hf --threads 1 bench --models hope --variant hope-c32=hope:projection_chunk_size=32 "
+               "--parts train --lengths 2048   # a setting's cost")
     bench.add_argument("--models", nargs="+", default=["hope", "hope-attention", "titans"],
                        choices=("hope", "hope-attention", "titans", "hope-gd", "hope-no-cms"),
                        help="families to measure (switches of modeling_configs/<family>-tiny.json at the bench "
                             "shape, CMS widths set to hope's parameter count); the Llama is always measured")
+    bench.add_argument("--variant", action="append", default=[], metavar="NAME=FAMILY:FIELD=VALUE[,...]",
+                       help="also measure FAMILY with these HopeConfig fields (values read as JSON), named NAME, at "
+                            "the same parameter count; repeatable (e.g. hope-c32=hope:projection_chunk_size=32)")
     bench.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths T")
     bench.add_argument("--size", default=None, choices=("tiny", "340m", "760m", "1.3b"),
                        help="take the named configurations <family>-<size> and transformer-<size> of "
@@ -728,20 +733,22 @@ def bench_command(args: argparse.Namespace) -> int:
         raise CliError(f"--warmup must be >= 0, got {args.warmup}")
     import torch
 
-    from .benchmark import markdown_table, run_bench, summary
+    from .benchmark import Variant, markdown_table, run_bench, summary
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {device}: CUDA is not available")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     try:
+        variants = [Variant.parse(text) for text in args.variant]
         result = run_bench(models=args.models, lengths=args.lengths, size=args.size, hidden_size=args.hidden_size,
                            layers=args.layers, gradient_checkpointing=args.gradient_checkpointing,
                            heads=args.heads, vocab_size=args.vocab_size, tokens_per_step=args.tokens_per_step,
                            repeats=args.repeats, warmup=args.warmup, decode_steps=args.decode_steps,
                            parts=args.parts, device=device, dtype=dtype,
-                           memory_implementation=args.memory_implementation, log=lambda line: print(line, flush=True))
-    except ValueError as err:     # an invalid model shape (HopeConfig names the field)
+                           memory_implementation=args.memory_implementation, variants=variants,
+                           log=lambda line: print(line, flush=True))
+    except ValueError as err:     # an invalid model shape or variant (HopeConfig or the bench names the field)
         raise CliError(str(err)) from err
     print(f"\n{summary(result)}\n{markdown_table(result)}", flush=True)
     if args.json:
