@@ -527,11 +527,12 @@ def run_bench(
         if memory_implementation and isinstance(config, HopeConfig):
             config.memory_implementation = memory_implementation
     subjects = [Subject(name, config, build_model(config).to(device)) for name, config in configs.items()]
+    width = max(15, *(len(name) for name in configs))           # the log's name column
     if gradient_checkpointing:
         for s in subjects:
             s.model.activation_checkpointing_enable()
     for s in subjects:
-        log(f"{s.name:15s} {count_parameters(s.model):>12,} parameters")
+        log(f"{s.name:{width}s} {count_parameters(s.model):>12,} parameters")
     # the matmul takes a turn in every training / inference round too, so the peak is measured under the load
     # the models see: each step's fraction of peak is against its own round's matmul
     gemm, gemm_flops = matmul_step(device, dtype, matmul_size)
@@ -550,7 +551,7 @@ def run_bench(
         probe = inputs[min(lengths)][:1, :PROBE_TOKENS]
         for s in subjects:
             per_token[s.name] = saved_activation_bytes(s, probe, dtype) / probe.numel()
-            log(f"{s.name:15s} saved activations {per_token[s.name] * 1024 / 2**20:8.1f} MiB per 1K tokens")
+            log(f"{s.name:{width}s} saved activations {per_token[s.name] * 1024 / 2**20:8.1f} MiB per 1K tokens")
     trainable = {}
     for n in lengths:
         trainable[n] = []
@@ -561,7 +562,7 @@ def run_bench(
             if need > MEMORY_SHARE * available_bytes(device):
                 rows[s.name, n]["train_skipped"] = (f"needs ~{need / 2**30:.1f} GiB of saved activations, "
                                                     f"{available_bytes(device) / 2**30:.1f} GiB free")
-                log(f"{s.name:15s} T={n:6d} train skipped: {rows[s.name, n]['train_skipped']}")
+                log(f"{s.name:{width}s} T={n:6d} train skipped: {rows[s.name, n]['train_skipped']}")
             else:
                 trainable[n].append(s.name)
     for n in lengths:
@@ -579,7 +580,7 @@ def run_bench(
                          else sum(forward_flops(s.config, *ids.shape, logits=1).values()))
                 row[f"{part}_tokens_per_s"] = tokens / seconds[s.name]
                 row[f"{part}_flops_per_s"] = flops / seconds[s.name]
-                log(f"{s.name:15s} T={n:6d} {part:5s} {row[f'{part}_tokens_per_s']:10.0f} tok/s "
+                log(f"{s.name:{width}s} T={n:6d} {part:5s} {row[f'{part}_tokens_per_s']:10.0f} tok/s "
                     f"{row[f'{part}_flops_per_s'] / 1e9:7.2f} GFLOP/s (matmul: {round_peaks[-1] / 1e9:.1f})")
                 row[f"{part}_matmul_flops_per_s"] = round_peaks[-1]
                 row[f"{part}_peak_fraction"] = row[f"{part}_flops_per_s"] / round_peaks[-1]
@@ -587,7 +588,7 @@ def run_bench(
     if "decode" in parts:
         for (name, n), cell in measure_decode(subjects, lengths, decode_steps, warmup, device, dtype).items():
             rows[name, n].update(cell)
-            log(f"{name:15s} T={n:6d} decode {cell['decode_ms_per_token']:8.2f} ms/token  cache "
+            log(f"{name:{width}s} T={n:6d} decode {cell['decode_ms_per_token']:8.2f} ms/token  cache "
                 f"{cell['cache_mib']:.2f} MiB")
     memory = None
     if "memory" in parts:                         # last: the CPU tracking slows allocation
@@ -602,7 +603,7 @@ def run_bench(
                     for part, make in (("train", training_step), ("infer", inference_step)):
                         if part == "infer" or s.name in trainable[n]:
                             row[f"{part}_peak_mib"] = step_peak_mib(make(s, inputs[n], dtype), s, device)
-                    log(f"{s.name:15s} T={n:6d} peak MiB: train {row.get('train_peak_mib', float('nan')):.0f}, "
+                    log(f"{s.name:{width}s} T={n:6d} peak MiB: train {row.get('train_peak_mib', float('nan')):.0f}, "
                         f"inference {row['infer_peak_mib']:.0f}")
     for (name, n), row in rows.items():
         ref = rows[REFERENCE, n]
