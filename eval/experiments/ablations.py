@@ -13,7 +13,9 @@ input projection before the per-head memories (`input_projection=True`, at the b
 The base row is the LM comparison's `hope-tiny` run on the same corpus: when `lm_comparison.py` has its result in the
 same results folder, made with the same config, corpus, settings and dtype, it is taken (marked `same_training_as`)
 instead of training the same model twice.
-Open knobs: memory expansion r (1, 4; base 2), the chunk sizes C_o/C_m (8/32, 32/128; base 16/64), CMS
+Static η/α at the base's parameter count (CMS levels of 124), alone and with C_o 32: the cheapest settings measured
+(`hope-hf bench --variant`), asked whether they keep the quality.
+Open knobs: memory expansion r (1, 4; base 2), the chunk sizes C_o/C_m (8/32, 16/16, 32/64, 32/128; base 16/64), CMS
 levels and periods (2, 4 levels; periods all 1; 1/2/4; 1/4/16 with each level's outer learning rate multiplied by
 its period), the inner learning-rate range (eta_max, eta_init),
 the retention-gate initialisation alpha_init (0.9, 0.99; base 0.999).
@@ -36,6 +38,8 @@ STUDY = "ablations"
 BASE = "hope-tiny"
 BASE_WIDTH = 96          # hope-tiny: three CMS levels of width 96 (288 in all)
 DEFAULT_TOKENS = 2_500_000
+#: CMS levels of 124 (periods 1, 4, 16): what static eta / alpha save, spent on the CMS (the base's count, +0.05%)
+WIDER_CMS = common.cms_levels([(124, 1), (124, 4), (124, 16)])
 
 
 #: name → (label, HopeConfig overrides of hope-tiny). The first row is the base.
@@ -52,6 +56,12 @@ ROWS: dict[str, tuple[str, dict]] = {
     # beyond Table 6: static eta_t, alpha_t (linear in x, as in Titans), the one static part the Titans ablation has
     # and no row above removes
     "static-rates": ("static eta, alpha (linear projections)", {"adaptive_rates": False}),
+    # the same at the base's parameter count (CMS levels of 124: +0.05%), and with C_o 32: the two settings that
+    # cost least time (`hope-hf bench --variant`: 1.56x and 1.60x the base's training tokens/s at 2048 tokens)
+    "static-rates-cms-124": ("static eta, alpha, CMS levels of 124",
+                             {"adaptive_rates": False, "cms_levels": WIDER_CMS}),
+    "static-rates-cms-124-c32": ("static eta, alpha, CMS levels of 124, C_o/C_m = 32/64",
+                                 {"adaptive_rates": False, "projection_chunk_size": 32, "cms_levels": WIDER_CMS}),
     # beyond the paper: a static D x D map before the convolution, so each head's memories read all channels (without
     # it head i's memories see channels i*d..(i+1)*d only); CMS levels of 82 pay for its 4 x 128^2 weights
     "input-projection": ("input projection W_x (CMS levels of 82)",
@@ -62,6 +72,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     # chunk sizes C_o / C_m
     "chunks-8-32": ("chunks C_o/C_m = 8/32", {"projection_chunk_size": 8, "memory_chunk_size": 32}),
     "chunks-16-16": ("chunks C_o/C_m = 16/16", {"memory_chunk_size": 16}),
+    "chunks-32-64": ("chunks C_o/C_m = 32/64", {"projection_chunk_size": 32}),
     "chunks-32-128": ("chunks C_o/C_m = 32/128", {"projection_chunk_size": 32, "memory_chunk_size": 128}),
     # CMS levels and periods (same total width 288)
     "cms-2-levels": ("CMS 2 levels (periods 1, 4)", {"cms_levels": common.cms_levels([(144, 1), (144, 4)])}),
