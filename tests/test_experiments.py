@@ -395,10 +395,49 @@ def test_variant_studies_list_their_rows_from_the_command(capsys):
     import ablations
     import cms_schedule
 
-    for study in (ablations, cms_schedule):
-        assert study.main(["--list"]) == 0
+    for study, argv, rows in ((ablations, [], ablations.rows("tiny")), (ablations, ["--size", "small"],
+                              ablations.rows("small")), (cms_schedule, [], cms_schedule.ROWS)):
+        assert study.main(["--list", *argv]) == 0
         listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if "@embedded" in line]
-        assert listed == [f"{row}@embedded" for row in study.ROWS]
+        assert listed == [f"{row}@embedded" for row in rows]
+
+
+def test_ablations_of_each_size_keep_the_base_count_where_they_say_so(capsys, tmp_path):
+    import ablations
+
+    for size, base in (("tiny", "hope-tiny"), ("small", "hope-small")):
+        runs = {run.name.split("@")[0]: run for run in ablations.runs(size=size)}
+        counts = {name: common.count_parameters(common.build_config(run)) for name, run in runs.items()}
+        assert runs["hope"].config == base and runs["hope"].tokens == ablations.SIZES[size][1]
+        matched = [name for name in runs if name.startswith(("static-k", "static-v", "adaptive-q", "input-projection",
+                                                             "static-rates-cms", "cms-", "chunks-", "no-cms"))]
+        assert len(matched) == 16
+        for name in matched:
+            assert counts[name] == pytest.approx(counts["hope"], rel=0.005), (size, name, counts)
+    # tiny: a head's memories hold as many weights as a D x D matrix, so static k is hope-tiny with adaptive_k off
+    tiny, small = ablations.rows("tiny"), ablations.rows("small")
+    assert tiny["static-k"] == ("static k", {"adaptive_k": False}, {})
+    assert small["static-k"][0] == "static k (CMS levels of 114)" and "cms_levels" in small["static-k"][1]
+    # a size other than the first is its own study
+    assert ablations.main(["--table", "--size", "small", "--results-dir", str(tmp_path)]) == 1
+    assert f"no results of ablations_small under {tmp_path / 'ablations_small'}" in capsys.readouterr().out
+
+
+def test_committed_ablation_results_are_the_rows_as_defined():
+    """Every committed result of the ablation study was trained from its row's current definition (config,
+    overrides, outer-loop fields), so the tables mean what the rows say."""
+    import ablations
+
+    rows = {run.name: run for run in ablations.runs()}
+    results_root = Path(common.__file__).parent / "results"
+    folders = [results_root, *(folder for folder in results_root.iterdir() if folder.is_dir())]
+    results = [result for folder in folders for result in common.load_results(folder, "ablations")]
+    assert len(results) >= 25
+    for result in results:
+        run = rows[result["run"]]
+        # `level_lr_scale` came after the first results: absent means the default, None
+        assert (result["config_name"], result["overrides"], result.get("level_lr_scale")) == (
+            run.config, run.overrides, run.level_lr_scale), result["run"]
 
 
 def test_seed_spread_table_compares_the_same_training_across_seeds(corpus_file, dirs, tmp_path, capsys):

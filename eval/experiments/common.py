@@ -1079,19 +1079,33 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
     return EXIT_INTERRUPTED if unfinished else 0
 
 
-def variants_main(study: str, base: str, title: str, runs_of_corpus, doc: str, argv: Sequence[str] | None,
-                  script: str) -> int:
+def variants_main(study: str, base: str | dict[str, str], title: str, runs_of_corpus, doc: str,
+                  argv: Sequence[str] | None, script: str) -> int:
     """The command of a study of variants of one model (`ablations.py`, `cms_schedule.py`): `--data` picks the
     corpus, `runs_of_corpus(data)` gives the runs, the first being the base: the LM comparison's run of config `base`
-    on that corpus, whose result is taken when it is the same training (`adopt_identical_result`)."""
+    on that corpus, whose result is taken when it is the same training (`adopt_identical_result`).
+
+    `base` may map sizes to base configs (`{"tiny": "hope-tiny", "small": "hope-small"}`): the command then takes
+    `--size` (default the first), the runs are `runs_of_corpus(data, size)` and a size other than the first is the
+    study `<study>_<size>` (its own results and checkpoints folder). `title` may hold `{base}`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = base_parser(doc)
     parser.add_argument("--data", default="embedded", help="'embedded' or the path of a text file / folder")
+    sizes = base if isinstance(base, dict) else None
+    if sizes:
+        parser.add_argument("--size", choices=list(sizes), default=next(iter(sizes)),
+                            help="the base model's size (a size other than the first is the study "
+                                 f"{study}_<size>)")
     args = parser.parse_args(argv)
-    study_runs = runs_of_corpus(args.data)
+    if sizes:
+        study_runs = runs_of_corpus(args.data, args.size)
+        base = sizes[args.size]
+        study = study if args.size == next(iter(sizes)) else f"{study}_{args.size}"
+    else:
+        study_runs = runs_of_corpus(args.data)
     base_twin = Path(args.results_dir) / "lm_comparison" / f"{base}@{corpus_tag(args.data)}.json"
-    return main(study, title, study_runs, TrainSettings(), args, argv, script, baseline=study_runs[0].name,
-                same_training={study_runs[0].name: base_twin})
+    return main(study, title.format(base=base), study_runs, TrainSettings(), args, argv, script,
+                baseline=study_runs[0].name, same_training={study_runs[0].name: base_twin})
 
 
 __all__ = [
