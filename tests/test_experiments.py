@@ -281,7 +281,10 @@ def test_every_model_sees_the_same_tokens_in_the_same_order(corpus_file, dirs, m
         assert torch.equal(a, b)
 
 
-def test_a_diverged_run_is_recorded_as_such(corpus_file, dirs, monkeypatch):
+@pytest.mark.parametrize("poisoned", ["loss", "gradient"])
+def test_a_diverged_run_is_recorded_with_the_state_before_the_step(corpus_file, dirs, monkeypatch, poisoned):
+    """At the third training step the loss (or, with a finite loss, every gradient) turns NaN: the run is recorded as
+    diverged at step 3, nothing of that step is applied, and the state after step 2 is kept to replay it."""
     build = common.build_model
     calls = []
 
@@ -292,7 +295,10 @@ def test_a_diverged_run_is_recorded_as_such(corpus_file, dirs, monkeypatch):
             if module.training:
                 calls.append(1)
                 if len(calls) == 3 and output.loss is not None:
-                    output.loss = output.loss * float("nan")
+                    if poisoned == "loss":
+                        output.loss = output.loss * float("nan")
+                    else:
+                        output.logits.register_hook(lambda grad: grad * float("nan"))
             return output
 
         model.register_forward_hook(poison, with_kwargs=True)
@@ -306,6 +312,18 @@ def test_a_diverged_run_is_recorded_as_such(corpus_file, dirs, monkeypatch):
     saved = json.loads((dirs["results_dir"] / "div" / "nan.json").read_text())     # strict JSON: no NaN
     assert saved["diverged_at_step"] == 3
     assert "| diverged (step 3) | diverged (step 3) |" in common.markdown_table([saved])
+
+    kept = torch.load(dirs["checkpoint_dir"] / "div" / "nan.diverged.pt", weights_only=False)
+    assert kept["step"] == 2 and not (dirs["checkpoint_dir"] / "div" / "nan.pt").exists()
+    # the kept state is that of the same run stopped after two steps (calls 4 and 5: not poisoned)
+    assert common.train_run(run, SETTINGS, "clean", **dirs, stop_after_steps=2, log=lambda s: None) is None
+    clean = torch.load(dirs["checkpoint_dir"] / "clean" / "nan.pt", weights_only=False)
+    assert kept["model"].keys() == clean["model"].keys()
+    for name, tensor in kept["model"].items():
+        assert torch.equal(tensor, clean["model"][name]), name
+    # --force retrains from scratch and drops the kept state
+    common.train_run(run, SETTINGS, "div", **dirs, force=True, log=lambda s: None)
+    assert not (dirs["checkpoint_dir"] / "div" / "nan.diverged.pt").exists()
 
 
 def test_parameter_match_check():

@@ -22,7 +22,10 @@ tokens in the same order with the same optimiser and schedule; only the model di
   out and on SIGTERM (a session or job ending: the step in flight finishes first), the model, optimiser, LR
   schedule, CMS schedule, RNG states, step and curve go to `checkpoints/<study>/<run>.pt`; the same command
   resumes from there (bit for bit on CPU). A finished run writes `results/<study>/<run>.json` and is skipped
-  next time unless `--force`.
+  next time unless `--force`. A run whose training loss or gradient norm turns NaN/inf is recorded as diverged at
+  that step, nothing of the step applied, and the state before it is kept as `checkpoints/<study>/<run>.diverged.pt`:
+  copied as `<run>.pt` into an empty `--checkpoint-dir` (with an empty `--results-dir`), the same command replays
+  the diverging step.
 - **runner** (`main`): `--only`, `--jobs N` (N runs as parallel subprocesses), `--tokens`, `--device`,
   `--max-minutes`, `--results-dir`, `--table` (print the markdown table and write the PNG of validation
   loss against tokens from the JSONs alone), `--progress` (the validation loss so far of finished and unfinished
@@ -479,11 +482,13 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
     """
     result_path = Path(results_dir) / study / f"{run.name}.json"
     ckpt_path = Path(checkpoint_dir) / study / f"{run.name}.pt"
+    diverged_path = ckpt_path.with_suffix(".diverged.pt")
     if result_path.is_file() and not force:
         log(f"[{run.name}] done already ({result_path}); --force retrains")
         return json.loads(result_path.read_text())
-    if force and ckpt_path.is_file():
-        ckpt_path.unlink()
+    if force:
+        ckpt_path.unlink(missing_ok=True)
+        diverged_path.unlink(missing_ok=True)
     dev = torch.device(device)
     commit = git_commit()             # the code this process runs (read now: the tree may move on while it trains)
     config = build_config(run)
@@ -520,14 +525,14 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         elapsed, eval_seconds = state["elapsed"], state["eval_seconds"]
         log(f"[{run.name}] resumed at step {step}/{settings.steps}")
 
-    def save_checkpoint() -> None:
+    def save_checkpoint(path: Path = ckpt_path) -> None:
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(),
                       "cms_schedule": schedule.state_dict() if schedule is not None else None,
                       "rng": _rng_state(), "step": step, "curve": curve, "train_losses": train_losses,
                       "elapsed": elapsed, "eval_seconds": eval_seconds, "settings": dataclasses.asdict(settings),
                       "run": dataclasses.asdict(run)},
-                     ckpt_path)
+                     path)
 
     eval_every = max(1, settings.eval_every_tokens // settings.tokens_per_step)
     diverged_at = None
@@ -542,8 +547,23 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
             ids = train_blocks[batch_indices(step, settings.batch_size, len(train_blocks), settings.data_seed)].to(dev)
             with autocast(dev):
                 loss = model(ids, labels=ids, use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            loss_value = float(loss.detach())
+            grad_norm = None
+            if math.isfinite(loss_value):
+                loss.backward()
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip))
+            if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
+                # nothing of this step is applied: keep the state that produces it, to replay and inspect
+                optimizer.zero_grad(set_to_none=True)
+                save_checkpoint(diverged_path)
+                step += 1
+                train_losses.append([step, loss_value])
+                elapsed = base_elapsed + time.time() - started
+                diverged_at = step
+                what = f"training loss {loss_value}" if grad_norm is None else f"gradient norm {grad_norm}"
+                log(f"[{run.name}] DIVERGED: {what} at step {step}; recorded as such; the state before the step "
+                    f"is kept in {diverged_path}")
+                break
             if schedule is not None:
                 schedule.optimizer_step(optimizer)
             else:
@@ -551,12 +571,8 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            train_losses.append([step, float(loss.detach())])
+            train_losses.append([step, loss_value])
             elapsed = base_elapsed + time.time() - started
-            if not math.isfinite(train_losses[-1][1]):
-                diverged_at = step
-                log(f"[{run.name}] DIVERGED: training loss {train_losses[-1][1]} at step {step}; recorded as such")
-                break
             if step % eval_every == 0 or step == settings.steps:
                 eval_started = time.time()
                 curve.append([step * settings.tokens_per_step, evaluate(model, curve_blocks, settings.batch_size, dev)])
