@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from hope_hf.baselines import cms_width_for, with_cms_width  # noqa: E402
 
 STUDY = "ablations"
 #: size → (the base's modeling config, training tokens of every row). `tiny` (~2M) is the study so far; `small` (~6M,
@@ -44,15 +45,11 @@ SIZES: dict[str, tuple[str, int]] = {"tiny": ("hope-tiny", 2_500_000), "small": 
 PERIODS = (1, 4, 16)     # the base's CMS: three levels of one width with these update periods
 
 
-def _matched_cms(overrides: dict, base: dict, target: int, periods=PERIODS) -> list[dict]:
-    """CMS levels of one width (update periods `periods`) that bring `base` with `overrides` back to `target`
-    parameters, to the nearest width (the count is linear in the width)."""
-    def count(width: int) -> int:
-        config = {**base, **overrides, "cms_levels": common.cms_levels([(width, p) for p in periods])}
-        return common.count_parameters(common.build_config(common.Run(name="count", config=config)))
-
-    one, two = count(1), count(2)
-    return common.cms_levels([(round(1 + (target - one) / (two - one)), p) for p in periods])
+def _matched_cms(overrides: dict, base: dict, target: int) -> list[dict]:
+    """The base's CMS levels, all of the width that brings `base` with `overrides` back to `target` parameters
+    (`hope_hf.baselines.cms_width_for`)."""
+    config = common.build_config(common.Run(name="matched", config={**base, **overrides}))
+    return with_cms_width(config, cms_width_for(config, target)).cms_levels
 
 
 def rows(size: str = "tiny") -> dict[str, tuple[str, dict, dict]]:

@@ -1025,9 +1025,10 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
         if unknown:
             raise SystemExit(f"unknown run(s) {unknown}; runs of {study}: {names}")
         runs = [run for run in runs if run.name in args.only]
+    settings = settings_from_args(args, defaults)
     if args.progress:
-        print(progress_table(run_progress(runs, lambda run: run_settings(run, settings_from_args(args, defaults), args),
-                                          study, args.results_dir, args.checkpoint_dir)))
+        print(progress_table(run_progress(runs, lambda run: run_settings(run, settings, args), study,
+                                          args.results_dir, args.checkpoint_dir)))
         return 0
     if args.table:
         results = [r for r in load_results(args.results_dir, study) if r["run"] in {run.name for run in runs}]
@@ -1038,7 +1039,6 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
         png = plot_curves(results, Path(args.results_dir) / study / "validation_loss.png", title, group_by)
         print(f"\nplot: {png}")
         return 0
-    settings = settings_from_args(args, defaults)
     counts = parameter_report(runs)
     if args.list:
         for run in runs:

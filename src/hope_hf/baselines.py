@@ -1,4 +1,5 @@
-"""Same-size Transformer baselines: a `LlamaConfig` with the parameter count of a given `HopeConfig`."""
+"""Same-size models: a `LlamaConfig` with the parameter count of a given `HopeConfig`, and the CMS width at which a
+Hope variant holds a given count."""
 
 from __future__ import annotations
 
@@ -17,6 +18,19 @@ def count_parameters(model: torch.nn.Module) -> int:
 def _meta_count(build, config) -> int:
     with torch.device("meta"):
         return count_parameters(build(config))
+
+
+def with_cms_width(config: HopeConfig, width: int) -> HopeConfig:
+    """`config` with every CMS level `width` wide (update periods, in-context chunk sizes and rates kept)."""
+    levels = [{**level, "intermediate_size": width} for level in config.cms_levels]
+    return HopeConfig(**{**config.to_diff_dict(), "cms_levels": levels})
+
+
+def cms_width_for(config: HopeConfig, parameters: int) -> int:
+    """The common width of `config`'s CMS levels at which the model holds `parameters`, to the nearest unit (the count
+    is linear in it: solved from widths 1 and 2). Below 1 when even width 1 holds more."""
+    one, two = (_meta_count(HopeForCausalLM, with_cms_width(config, w)) for w in (1, 2))
+    return round(1 + (parameters - one) / (two - one))
 
 
 def matched_llama_config(config: HopeConfig, **overrides) -> LlamaConfig:
@@ -45,4 +59,4 @@ def matched_llama_config(config: HopeConfig, **overrides) -> LlamaConfig:
     return LlamaConfig(intermediate_size=intermediate, **kwargs)
 
 
-__all__ = ["count_parameters", "matched_llama_config"]
+__all__ = ["cms_width_for", "count_parameters", "matched_llama_config", "with_cms_width"]

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedConfig
 
-from .baselines import count_parameters, matched_llama_config
+from .baselines import cms_width_for, count_parameters, matched_llama_config, with_cms_width
 from .configuration_hope import FAST_MEMORY_IMPLEMENTATIONS, HopeConfig
 from .flops import forward_flops, training_flops
 from .model_configs import CONFIG_DIR, load_config
@@ -66,11 +66,6 @@ def _meta_parameters(config: PreTrainedConfig) -> int:
     with torch.device("meta"):
         model = HopeForCausalLM(config) if isinstance(config, HopeConfig) else LlamaForCausalLM(config)
     return count_parameters(model)
-
-
-def _with_cms_width(config: HopeConfig, width: int) -> HopeConfig:
-    levels = [{**level, "intermediate_size": width} for level in config.cms_levels]
-    return HopeConfig(**{**config.to_diff_dict(), "cms_levels": levels})
 
 
 #: `HopeConfig` fields a variant may not set: the bench shape's own, and the CMS levels (their width is what matches
@@ -135,13 +130,12 @@ def family_config(family: str, *, hidden_size: int, layers: int, heads: int, voc
     config = HopeConfig(**spec)
     if parameters is None:
         return config
-    # the count is linear in the (common) width of the CMS levels: solve from two widths
-    one, two = (_meta_parameters(_with_cms_width(config, w)) for w in (1, 2))
-    width = round(1 + (parameters - one) / (two - one))
+    width = cms_width_for(config, parameters)
     if width < 1:
-        raise ValueError(f"{family} at hidden_size={hidden_size} holds {one:,} parameters with CMS width 1, "
+        raise ValueError(f"{family} at hidden_size={hidden_size} holds "
+                         f"{_meta_parameters(with_cms_width(config, 1)):,} parameters with CMS width 1, "
                          f"more than the {parameters:,} asked")
-    return _with_cms_width(config, width)
+    return with_cms_width(config, width)
 
 
 def bench_configs(families: Sequence[str], *, hidden_size: int = 256, layers: int = 4, heads: int = 4,
