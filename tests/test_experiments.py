@@ -339,6 +339,18 @@ def test_parameter_match_check():
     assert counts["wide"] > 1.03 * counts["narrow"]
 
 
+def test_titans_bounded_is_the_titans_ablation_with_the_chunk_step_bounded():
+    import lm_comparison
+
+    for size in lm_comparison.SIZES:
+        titans, bounded = (common.build_config(run) for run in lm_comparison.runs(
+            sizes=(size,), corpora=("embedded",), families=("titans", "titans-bounded")))
+        assert bounded.inner_optimizer == "gd" and bounded.eta_max * bounded.memory_chunk_size == 2.0
+        assert titans.eta_max == 1.0
+        differing = {k for k, v in bounded.to_dict().items() if titans.to_dict().get(k) != v}
+        assert differing == {"eta_max"}
+
+
 def test_shipped_study_sizes_are_matched():
     import cms_schedule
     import lm_comparison
