@@ -314,10 +314,9 @@ def build_model(config):
 
 def count_parameters(config) -> int:
     """Parameters of the model `config` builds (on the meta device: nothing is allocated)."""
-    from hope_hf.baselines import count_parameters as count
+    from hope_hf.baselines import meta_parameter_count
 
-    with torch.device("meta"):
-        return count(build_model(config))
+    return meta_parameter_count(config)
 
 
 def check_parameter_match(counts: dict[str, int], tolerance: float = PARAM_TOLERANCE) -> None:

@@ -15,9 +15,12 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def _meta_count(build, config) -> int:
+def meta_parameter_count(config: HopeConfig | LlamaConfig) -> int:
+    """Parameters of the `HopeForCausalLM` or `LlamaForCausalLM` that `config` builds, counted on the meta device
+    (nothing is allocated)."""
     with torch.device("meta"):
-        return count_parameters(build(config))
+        model = HopeForCausalLM(config) if isinstance(config, HopeConfig) else LlamaForCausalLM(config)
+    return count_parameters(model)
 
 
 def with_cms_width(config: HopeConfig, width: int) -> HopeConfig:
@@ -29,7 +32,7 @@ def with_cms_width(config: HopeConfig, width: int) -> HopeConfig:
 def cms_width_for(config: HopeConfig, parameters: int) -> int:
     """The common width of `config`'s CMS levels at which the model holds `parameters`, to the nearest unit (the count
     is linear in it: solved from widths 1 and 2). Below 1 when even width 1 holds more."""
-    one, two = (_meta_count(HopeForCausalLM, with_cms_width(config, w)) for w in (1, 2))
+    one, two = (meta_parameter_count(with_cms_width(config, w)) for w in (1, 2))
     return round(1 + (parameters - one) / (two - one))
 
 
@@ -37,7 +40,7 @@ def matched_llama_config(config: HopeConfig, **overrides) -> LlamaConfig:
     """A Llama with the same width, depth, heads, vocabulary and tying as `config`, whose MLP width is
     chosen so that its parameter count matches the Hope model's as closely as possible.
     """
-    target = _meta_count(HopeForCausalLM, config)
+    target = meta_parameter_count(config)
     kwargs = dict(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
@@ -53,10 +56,10 @@ def matched_llama_config(config: HopeConfig, **overrides) -> LlamaConfig:
         initializer_range=config.initializer_range,
     )
     kwargs.update(overrides)
-    base = _meta_count(LlamaForCausalLM, LlamaConfig(intermediate_size=1, **kwargs))
+    base = meta_parameter_count(LlamaConfig(intermediate_size=1, **kwargs))
     per_unit = 3 * config.hidden_size * config.num_hidden_layers      # gate, up, down per MLP unit
     intermediate = max(1, round((target - base) / per_unit) + 1)
     return LlamaConfig(intermediate_size=intermediate, **kwargs)
 
 
-__all__ = ["cms_width_for", "count_parameters", "matched_llama_config", "with_cms_width"]
+__all__ = ["cms_width_for", "count_parameters", "matched_llama_config", "meta_parameter_count", "with_cms_width"]

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedConfig
 
-from .baselines import cms_width_for, count_parameters, matched_llama_config, with_cms_width
+from .baselines import cms_width_for, count_parameters, matched_llama_config, meta_parameter_count, with_cms_width
 from .configuration_hope import FAST_MEMORY_IMPLEMENTATIONS, HopeConfig
 from .flops import forward_flops, training_flops
 from .model_configs import CONFIG_DIR, load_config
@@ -61,12 +61,6 @@ PARTS = ("train", "infer", "decode", "memory")
 # ------------------------------------------------------------------------------------------------------------
 # the models
 # ------------------------------------------------------------------------------------------------------------
-
-def _meta_parameters(config: PreTrainedConfig) -> int:
-    with torch.device("meta"):
-        model = HopeForCausalLM(config) if isinstance(config, HopeConfig) else LlamaForCausalLM(config)
-    return count_parameters(model)
-
 
 #: `HopeConfig` fields a variant may not set: the bench shape's own, and the CMS levels (their width is what matches
 #: the parameter count).
@@ -133,7 +127,7 @@ def family_config(family: str, *, hidden_size: int, layers: int, heads: int, voc
     width = cms_width_for(config, parameters)
     if width < 1:
         raise ValueError(f"{family} at hidden_size={hidden_size} holds "
-                         f"{_meta_parameters(with_cms_width(config, 1)):,} parameters with CMS width 1, "
+                         f"{meta_parameter_count(with_cms_width(config, 1)):,} parameters with CMS width 1, "
                          f"more than the {parameters:,} asked")
     return with_cms_width(config, width)
 
@@ -159,7 +153,7 @@ def bench_configs(families: Sequence[str], *, hidden_size: int = 256, layers: in
         names.append(variant.name)
     reference = family_config("hope", **shape)
     reference = HopeConfig(**{**reference.to_diff_dict(), "cms_levels": None})      # default CMS levels
-    target = _meta_parameters(reference)
+    target = meta_parameter_count(reference)
     configs = {family: family_config(family, **shape, parameters=target) for family in families}
     for variant in variants:
         configs[variant.name] = family_config(variant.family, **shape, parameters=target, overrides=variant.overrides)
