@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from hope_hf.memory_ops import MemoryInputs, MemoryRule, MemoryState, chunk_memory_update, naive_memory_update
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+import chunk_step_stability  # noqa: E402
 
 HOPE = ("k", "v", "eta", "alpha", "mem")
 HOPE_Q = ("q", "k", "v", "eta", "alpha", "mem")
@@ -256,3 +262,16 @@ def test_normalized_inner_step_stays_finite_at_the_largest_rate():
         o, end = chunk_memory_update(inputs, state, MemoryRule(names, 4, 8, delta=delta, normalize_inner_step=True))
         assert torch.isfinite(o).all() and o.abs().max() < 1e3
         assert end.w_out.abs().max() < 1e3 and end.w_in.abs().max() < 1e3
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gd_chunk_steps_from_one_anchor_overshoot_on_similar_keys_and_eta_max_two_over_c_bounds_them(seed):
+    """Plain GD in chunks: every token of a chunk steps from the chunk's anchor, so C tokens with similar keys and η
+    near eta_max add up to C normalised steps, and GD with momentum overshoots without bound (the normalised step
+    bounds one token's step, not the chunk's sum). `eta_max = 2 / C` (lm_comparison's titans-bounded) bounds the sum,
+    and the same tokens leave the state where it started (`eval/chunk_step_stability.py` prints the wider table)."""
+    inputs, state = chunk_step_stability.similar_keys_case(seed, similarity=0.7, length=256, eta=0.95)
+    grown = {eta_max: chunk_step_stability.growth(inputs, state, 16, delta=False, eta_max=eta_max)
+             for eta_max in (1.0, 2 / 16)}
+    assert grown[1.0] > 1e6                      # measured: 2e54, 3e40, 3e20 (seeds 0-2) over 256 tokens
+    assert grown[2 / 16] < 2                     # measured: 0.81, 0.87, 0.79
