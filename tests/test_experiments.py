@@ -106,6 +106,14 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(corpus_file, dirs
     assert resumed["curve"] == straight["curve"]
     assert resumed["train_loss_last100"] == straight["train_loss_last100"]
     assert not ckpt.exists()                                                         # removed when finished
+    # the trained model is kept: reloaded, it gives the recorded validation loss again
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(common.final_model_path(other["checkpoint_dir"], "study", "hope"))
+    blocks = common.load_corpus(str(corpus_file), VOCAB, dirs["cache_dir"]).blocks("validation", SETTINGS.block_size)
+    final_blocks = blocks[: SETTINGS.final_eval_blocks]
+    assert common.evaluate(trained, final_blocks, SETTINGS.batch_size, torch.device("cpu")) == pytest.approx(
+        resumed["validation"]["loss"], rel=1e-6)
     saved = json.loads((other["results_dir"] / "study" / "hope.json").read_text())
     assert saved["validation"] == resumed["validation"] and saved["steps"] == SETTINGS.steps
     # a finished run is skipped: the JSON is returned as is
@@ -315,6 +323,7 @@ def test_a_diverged_run_is_recorded_with_the_state_before_the_step(corpus_file, 
 
     kept = torch.load(dirs["checkpoint_dir"] / "div" / "nan.diverged.pt", weights_only=False)
     assert kept["step"] == 2 and not (dirs["checkpoint_dir"] / "div" / "nan.pt").exists()
+    assert not common.final_model_path(dirs["checkpoint_dir"], "div", "nan").exists()     # no trained model to keep
     # the kept state is that of the same run stopped after two steps (calls 4 and 5: not poisoned)
     assert common.train_run(run, SETTINGS, "clean", **dirs, stop_after_steps=2, log=lambda s: None) is None
     clean = torch.load(dirs["checkpoint_dir"] / "clean" / "nan.pt", weights_only=False)
@@ -324,6 +333,7 @@ def test_a_diverged_run_is_recorded_with_the_state_before_the_step(corpus_file, 
     # --force retrains from scratch and drops the kept state
     common.train_run(run, SETTINGS, "div", **dirs, force=True, log=lambda s: None)
     assert not (dirs["checkpoint_dir"] / "div" / "nan.diverged.pt").exists()
+    assert (common.final_model_path(dirs["checkpoint_dir"], "div", "nan") / "model.safetensors").is_file()
 
 
 def test_parameter_match_check():

@@ -22,7 +22,8 @@ tokens in the same order with the same optimiser and schedule; only the model di
   out and on SIGTERM (a session or job ending: the step in flight finishes first), the model, optimiser, LR
   schedule, CMS schedule, RNG states, step and curve go to `checkpoints/<study>/<run>.pt`; the same command
   resumes from there (bit for bit on CPU). A finished run writes `results/<study>/<run>.json` and is skipped
-  next time unless `--force`. A run whose training loss or gradient norm turns NaN/inf is recorded as diverged at
+  next time unless `--force`; its trained model goes to `checkpoints/<study>/<run>.final/` (`save_pretrained`:
+  `from_pretrained` loads it for probing or evaluation; not committed). A run whose training loss or gradient norm turns NaN/inf is recorded as diverged at
   that step, nothing of the step applied, and the state before it is kept as `checkpoints/<study>/<run>.diverged.pt`:
   copied as `<run>.pt` into an empty `--checkpoint-dir` (with an empty `--results-dir`), the same command replays
   the diverging step.
@@ -464,6 +465,11 @@ def _stop_requested_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
+def final_model_path(checkpoint_dir: str | Path, study: str, run_name: str) -> Path:
+    """Where a finished run's trained model is saved (`save_pretrained` folder)."""
+    return Path(checkpoint_dir) / study / f"{run_name}.final"
+
+
 def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "cpu",
               results_dir: Path = RESULTS_DIR, checkpoint_dir: Path = CHECKPOINT_DIR, cache_dir: Path = CACHE_DIR,
               deadline: float | None = None, stop_after_steps: int | None = None, force: bool = False,
@@ -616,11 +622,15 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     result_path.parent.mkdir(parents=True, exist_ok=True)
+    final_path = final_model_path(checkpoint_dir, study, run.name)
+    if diverged_at is None:
+        model.save_pretrained(final_path)
     result_path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     if ckpt_path.is_file():
         ckpt_path.unlink()
+    saved = f"; model -> {final_path}" if diverged_at is None else ""
     log(f"[{run.name}] done: validation perplexity {result['validation']['perplexity']}, "
-        f"{train_seconds:.0f} s, {result['tokens_per_second']:.0f} tokens/s -> {result_path}")
+        f"{train_seconds:.0f} s, {result['tokens_per_second']:.0f} tokens/s -> {result_path}{saved}")
     return result
 
 
