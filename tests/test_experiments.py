@@ -505,3 +505,22 @@ def test_seed_spread_table_compares_the_same_training_across_seeds(corpus_file, 
                      **{**dirs, "results_dir": other, "checkpoint_dir": tmp_path / "ckpt2"}, log=lambda s: None)
     with pytest.raises(ValueError, match="differ in more than the seed"):
         common.seed_spread_table([folders[0], other], "t")
+
+
+def test_probe_state_reads_the_fast_weights_a_full_forward_ends_in():
+    """`probe_state.probe` feeds pieces through a cache; its last row is the state one full forward ends in."""
+    import probe_state
+    from transformers import AutoModelForCausalLM
+
+    from hope_hf import HopeCache
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(common.build_config(common.Run(name="p", config=hope_config()))).eval()
+    ids = torch.randint(3, VOCAB, (1, 45))
+    rows = probe_state.probe(model, ids, piece=16)
+    assert [tokens for tokens, _, _ in rows] == [16, 32, 45] and all(finite for _, finite, _ in rows)
+    cache = HopeCache(model.config)
+    with torch.no_grad():
+        model(ids, past_key_values=cache, use_cache=True)
+    assert rows[-1][2] == pytest.approx(probe_state.largest_fast_weights(cache), rel=1e-5)
+    assert len(rows[-1][2]) == model.config.num_hidden_layers and min(rows[-1][2]) > 0

@@ -1,0 +1,118 @@
+"""How large a trained study model's fast weights grow over a long input (docs/FAITHFULNESS.md, Known risks 2).
+
+Feeds a run's model long inputs through its cache, in pieces, and prints after each piece the largest fast weight
+(max |A|, |B| over the memories of each layer) and whether the logits so far are finite. Three inputs from the run's
+own corpus: the held-out text, its first 40 tokens repeated, and one token repeated (the last two are the
+self-similar keys under which a chunk's inner steps add up). The cached, piecewise forward equals one full forward
+(`tests/test_generation.py`), so this is the state a full forward of that length would end in.
+
+    python eval/experiments/probe_state.py --study lm_comparison --run hope-small@embedded            # final model
+    python eval/experiments/probe_state.py --study lm_comparison --run titans-small@embedded \\
+        --checkpoint eval/experiments/checkpoints/lm_comparison/titans-small@embedded.diverged.pt --length 4096
+
+The model is the run's finished model (`checkpoints/<study>/<run>.final/`, kept by the runner) or, with
+`--checkpoint`, a training checkpoint (`<run>.pt` or `<run>.diverged.pt`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+#: study name -> its runs (the study names of the result and checkpoint folders).
+STUDIES = {
+    "lm_comparison": lambda: importlib.import_module("lm_comparison").runs(),
+    "ablations": lambda: importlib.import_module("ablations").runs(size="tiny"),
+    "ablations_small": lambda: importlib.import_module("ablations").runs(size="small"),
+    "cms_schedule": lambda: importlib.import_module("cms_schedule").runs(),
+}
+
+
+def load_model(run: common.Run, checkpoint: Path | None, checkpoint_dir: Path, study: str):
+    """The run's model from a training checkpoint, or from its saved final model; with the step it holds."""
+    from transformers import AutoModelForCausalLM
+
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model = common.build_model(common.build_config(run))
+        model.load_state_dict(state["model"])
+        return model, state["step"]
+    final = common.final_model_path(checkpoint_dir, study, run.name)
+    if not final.is_dir():
+        raise SystemExit(f"no final model of {run.name} at {final}: train the run, or pass --checkpoint")
+    return AutoModelForCausalLM.from_pretrained(final), "final"
+
+
+def largest_fast_weights(cache) -> list[float]:
+    """Per self-modifying layer, max |A|, |B| over its memories (NaN where a value is not finite)."""
+    out = []
+    for layer in cache.layers:
+        memory = layer.state.memory
+        peak = max(float(memory.w_in.abs().max()), float(memory.w_out.abs().max()))
+        out.append(peak if math.isfinite(peak) else float("nan"))
+    return out
+
+
+def probe(model, ids: torch.Tensor, piece: int) -> list[tuple[int, bool, list[float]]]:
+    """Feed `ids` [1, T] in pieces of `piece` tokens through a cache; after each piece: (tokens so far, every logit
+    so far finite, largest fast weight per layer)."""
+    from hope_hf import HopeCache
+
+    cache, finite, rows = HopeCache(model.config), True, []
+    with torch.no_grad():
+        for start in range(0, ids.shape[1], piece):
+            logits = model(ids[:, start:start + piece], past_key_values=cache, use_cache=True).logits
+            finite = finite and bool(torch.isfinite(logits).all())
+            rows.append((min(start + piece, ids.shape[1]), finite, largest_fast_weights(cache)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", required=True, choices=sorted(STUDIES))
+    parser.add_argument("--run", required=True, help="a run name of the study (`<study>.py --list`)")
+    parser.add_argument("--checkpoint", type=Path, help="a training checkpoint instead of the final model")
+    parser.add_argument("--checkpoint-dir", type=Path, default=common.CHECKPOINT_DIR)
+    parser.add_argument("--length", type=int, default=4096, help="tokens of each input (default 4096)")
+    parser.add_argument("--piece", type=int, default=512, help="tokens per call (default 512)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    for name in ("length", "piece", "threads"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
+    torch.set_num_threads(args.threads)
+    runs = {run.name: run for run in STUDIES[args.study]()}
+    if args.run not in runs:
+        raise SystemExit(f"unknown run {args.run!r}; runs of {args.study}: {sorted(runs)}")
+    run = runs[args.run]
+    model, step = load_model(run, args.checkpoint, args.checkpoint_dir, args.study)
+    if getattr(model.config, "mixer", None) != "self_modifying":
+        raise SystemExit(f"{args.run} has no self-modifying memory to probe (model_type {model.config.model_type})")
+    model.eval()
+    text = common.load_corpus(run.data, model.config.vocab_size).validation.long()
+    if len(text) < args.length:
+        raise SystemExit(f"--length {args.length} exceeds the held-out text ({len(text)} tokens)")
+    inputs = {"held-out text": text[: args.length],
+              "40 tokens repeated": text[:40].repeat(args.length // 40 + 1)[: args.length],
+              "one token repeated": text[5:6].repeat(args.length)}
+    print(f"{args.run} (step {step}): largest fast weight per layer after each {args.piece} tokens")
+    for label, ids in inputs.items():
+        print(f"\n{label}:\n\n| tokens | finite logits | " + " | ".join(
+            f"layer {i}" for i in range(model.config.num_hidden_layers)) + " |")
+        print("|---:|---|" + "---:|" * model.config.num_hidden_layers)
+        for tokens, finite, peaks in probe(model, ids[None], args.piece):
+            print(f"| {tokens} | {'yes' if finite else 'no'} | " + " | ".join(f"{p:.2g}" for p in peaks) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
