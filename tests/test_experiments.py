@@ -524,3 +524,18 @@ def test_probe_state_reads_the_fast_weights_a_full_forward_ends_in():
         model(ids, past_key_values=cache, use_cache=True)
     assert rows[-1][2] == pytest.approx(probe_state.largest_fast_weights(cache), rel=1e-5)
     assert len(rows[-1][2]) == model.config.num_hidden_layers and min(rows[-1][2]) > 0
+
+
+def test_probe_state_loss_by_position_averages_each_bin():
+    import probe_state
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(common.build_config(common.Run(name="p", config=hope_config()))).eval()
+    rows = torch.randint(3, VOCAB, (2, 30))
+    with torch.no_grad():
+        logits = model(rows, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), rows[:, 1:], reduction="none")
+    first, rest = probe_state.loss_by_position(model, rows, [(0, 10), (10, 29)])
+    assert first == pytest.approx(float(loss[:, :10].mean()), rel=1e-6)
+    assert rest == pytest.approx(float(loss[:, 10:].mean()), rel=1e-6)

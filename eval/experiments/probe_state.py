@@ -1,7 +1,8 @@
 """How large a trained study model's fast weights grow over a long input (docs/FAITHFULNESS.md, Known risks 2).
 
 Feeds a run's model long inputs through its cache, in pieces, and prints after each piece the largest fast weight
-(max |A|, |B| over the memories of each layer) and whether the logits so far are finite. Three inputs from the run's
+(max |A|, |B| over the memories of each layer) and whether the logits so far are finite; then the held-out loss by
+position over rows of that length (does the model degrade past its training length?). Three inputs from the run's
 own corpus: the held-out text, its first 40 tokens repeated, and one token repeated (the last two are the
 self-similar keys under which a chunk's inner steps add up). The cached, piecewise forward equals one full forward
 (`tests/test_generation.py`), so this is the state a full forward of that length would end in.
@@ -76,6 +77,16 @@ def probe(model, ids: torch.Tensor, piece: int) -> list[tuple[int, bool, list[fl
     return rows
 
 
+def loss_by_position(model, rows: torch.Tensor, bins: list[tuple[int, int]]) -> list[float]:
+    """Mean next-token loss of `rows` [N, T] over the predicted positions [a, b) of each bin (position p predicts
+    token p + 1): whether the model degrades past its training length."""
+    with torch.no_grad():
+        logits = model(rows, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), rows[:, 1:], reduction="none")
+    per_position = loss.mean(0)
+    return [float(per_position[a:b].mean()) for a, b in bins]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", required=True, choices=sorted(STUDIES))
@@ -84,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-dir", type=Path, default=common.CHECKPOINT_DIR)
     parser.add_argument("--length", type=int, default=4096, help="tokens of each input (default 4096)")
     parser.add_argument("--piece", type=int, default=512, help="tokens per call (default 512)")
+    parser.add_argument("--rows", type=int, default=4, help="held-out rows of --length tokens for the loss by "
+                        "position (default 4; 0 skips it)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     for name in ("length", "piece", "threads"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.rows < 0:
+        raise SystemExit(f"--rows must be >= 0, got {args.rows}")
     torch.set_num_threads(args.threads)
     runs = {run.name: run for run in STUDIES[args.study]()}
     if args.run not in runs:
@@ -111,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         print("|---:|---|" + "---:|" * model.config.num_hidden_layers)
         for tokens, finite, peaks in probe(model, ids[None], args.piece):
             print(f"| {tokens} | {'yes' if finite else 'no'} | " + " | ".join(f"{p:.2g}" for p in peaks) + " |")
+    if args.rows:
+        if len(text) < args.rows * args.length:
+            raise SystemExit(f"--rows {args.rows} x --length {args.length} exceeds the held-out text ({len(text)})")
+        edges = [0] + [e for e in (64, 256, 512, 1024, 2048, 4096, 8192, 16384) if e < args.length - 1]
+        bins = list(zip(edges, edges[1:] + [args.length - 1]))
+        losses = loss_by_position(model, text[: args.rows * args.length].view(args.rows, args.length), bins)
+        print(f"\nheld-out loss by position ({args.rows} rows of {args.length} tokens):\n")
+        print("| " + " | ".join(f"{a}-{b}" for a, b in bins) + " |\n|" + "---:|" * len(bins))
+        print("| " + " | ".join(f"{loss:.3f}" for loss in losses) + " |")
     return 0
 
 
