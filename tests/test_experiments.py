@@ -539,3 +539,26 @@ def test_probe_state_loss_by_position_averages_each_bin():
     first, rest = probe_state.loss_by_position(model, rows, [(0, 10), (10, 29)])
     assert first == pytest.approx(float(loss[:, :10].mean()), rel=1e-6)
     assert rest == pytest.approx(float(loss[:, 10:].mean()), rel=1e-6)
+
+
+def test_frozen_memories_leave_the_convolution_as_the_only_mixing_of_tokens():
+    """With no memory writes a token's logits depend only on the tokens the stacked convolutions reach; with writes
+    (and after the context manager) on every earlier token."""
+    import probe_state
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(common.build_config(common.Run(name="p", config=hope_config()))).eval()
+    ids = torch.randint(3, VOCAB, (1, 40))
+    changed = ids.clone()
+    changed[0, 0] = 3 if ids[0, 0] != 3 else 4
+    # the convolutions of the layers reach back (conv_window - 1) tokens each: later positions do not see token 0
+    reach = model.config.num_hidden_layers * (model.config.conv_window - 1) + 1
+
+    def logits(x):
+        with torch.no_grad():
+            return model(x, use_cache=False).logits[0, reach:]
+
+    with probe_state.frozen_memories():
+        assert torch.equal(logits(ids), logits(changed))
+    assert not torch.allclose(logits(ids), logits(changed))

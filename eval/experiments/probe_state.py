@@ -2,7 +2,8 @@
 
 Feeds a run's model long inputs through its cache, in pieces, and prints after each piece the largest fast weight
 (max |A|, |B| over the memories of each layer) and whether the logits so far are finite; then the held-out loss by
-position over rows of that length (does the model degrade past its training length?). Three inputs from the run's
+position over rows of that length (does the model degrade past its training length?), and the held-out loss at
+the training length with and without memory writes (what the inner loop is worth). Three inputs from the run's
 own corpus: the held-out text, its first 40 tokens repeated, and one token repeated (the last two are the
 self-similar keys under which a chunk's inner steps add up). The cached, piecewise forward equals one full forward
 (`tests/test_generation.py`), so this is the state a full forward of that length would end in.
@@ -18,6 +19,7 @@ The model is the run's finished model (`checkpoints/<study>/<run>.final/`, kept 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import math
 import sys
@@ -77,6 +79,28 @@ def probe(model, ids: torch.Tensor, piece: int) -> list[tuple[int, bool, list[fl
     return rows
 
 
+@contextlib.contextmanager
+def frozen_memories():
+    """Inside: no memory writes (η = 0, α = β = 1 for every token, as for padding), so every memory stays at its
+    meta-learned initial state and acts as a static MLP; the causal convolution is then a Hope layer's only mixing
+    of tokens. For the eager memory paths (`memory_implementation` "chunk" or "naive"): it swaps
+    `memory_ops.projections`, which a compiled graph has already traced."""
+    from hope_hf import memory_ops
+
+    original = memory_ops.projections
+
+    def no_writes(memory_out, inputs, rule):
+        q, k, v, eta, log_alpha, log_beta, write = original(memory_out, inputs, rule)
+        zero = torch.zeros_like(eta)
+        return q, k, v, zero, zero, None if log_beta is None else zero, zero
+
+    memory_ops.projections = no_writes
+    try:
+        yield
+    finally:
+        memory_ops.projections = original
+
+
 def loss_by_position(model, rows: torch.Tensor, bins: list[tuple[int, int]]) -> list[float]:
     """Mean next-token loss of `rows` [N, T] over the predicted positions [a, b) of each bin (position p predicts
     token p + 1): whether the model degrades past its training length."""
@@ -97,11 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--piece", type=int, default=512, help="tokens per call (default 512)")
     parser.add_argument("--rows", type=int, default=4, help="held-out rows of --length tokens for the loss by "
                         "position (default 4; 0 skips it)")
+    parser.add_argument("--blocks", type=int, default=48, help="held-out blocks for the with / without memory "
+                        "writes comparison (default 48)")
+    parser.add_argument("--block-size", type=int, default=common.TrainSettings().block_size,
+                        help="tokens per block (default: the studies' training length)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    for name in ("length", "piece", "threads"):
+    for name in ("length", "piece", "threads", "blocks", "block_size"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.rows < 0:
         raise SystemExit(f"--rows must be >= 0, got {args.rows}")
     torch.set_num_threads(args.threads)
@@ -113,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(model.config, "mixer", None) != "self_modifying":
         raise SystemExit(f"{args.run} has no self-modifying memory to probe (model_type {model.config.model_type})")
     model.eval()
+    if hasattr(model.config, "memory_implementation"):
+        model.set_memory_implementation("chunk")               # eager: `frozen_memories` swaps an eager function
     text = common.load_corpus(run.data, model.config.vocab_size).validation.long()
     if len(text) < args.length:
         raise SystemExit(f"--length {args.length} exceeds the held-out text ({len(text)} tokens)")
@@ -126,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         print("|---:|---|" + "---:|" * model.config.num_hidden_layers)
         for tokens, finite, peaks in probe(model, ids[None], args.piece):
             print(f"| {tokens} | {'yes' if finite else 'no'} | " + " | ".join(f"{p:.2g}" for p in peaks) + " |")
+    blocks = common.load_corpus(run.data, model.config.vocab_size).blocks("validation", args.block_size)
+    blocks = blocks[: args.blocks]
+    with_writes = common.evaluate(model, blocks, 16, torch.device("cpu"))
+    with frozen_memories():
+        without = common.evaluate(model, blocks, 16, torch.device("cpu"))
+    print(f"\nheld-out loss on {len(blocks)} blocks of {args.block_size} tokens: {with_writes:.4f} as trained, "
+          f"{without:.4f} with no memory writes (every memory at its initial state): the inner loop is worth "
+          f"{without - with_writes:+.4f} nats")
     if args.rows:
         if len(text) < args.rows * args.length:
             raise SystemExit(f"--rows {args.rows} x --length {args.length} exceeds the held-out text ({len(text)})")
