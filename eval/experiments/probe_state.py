@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     if hasattr(model.config, "memory_implementation"):
         model.set_memory_implementation("chunk")               # eager: `frozen_memories` swaps an eager function
-    text = common.load_corpus(run.data, model.config.vocab_size).validation.long()
+    corpus = common.load_corpus(run.data, model.config.vocab_size)
+    text = corpus.validation.long()
     if len(text) < args.length:
         raise SystemExit(f"--length {args.length} exceeds the held-out text ({len(text)} tokens)")
     inputs = {"held-out text": text[: args.length],
@@ -156,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print("|---:|---|" + "---:|" * model.config.num_hidden_layers)
         for tokens, finite, peaks in probe(model, ids[None], args.piece):
             print(f"| {tokens} | {'yes' if finite else 'no'} | " + " | ".join(f"{p:.2g}" for p in peaks) + " |")
-    blocks = common.load_corpus(run.data, model.config.vocab_size).blocks("validation", args.block_size)
-    blocks = blocks[: args.blocks]
+    blocks = corpus.blocks("validation", args.block_size)[: args.blocks]
     with_writes = common.evaluate(model, blocks, 16, torch.device("cpu"))
     with frozen_memories():
         without = common.evaluate(model, blocks, 16, torch.device("cpu"))
