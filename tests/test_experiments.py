@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hope_hf.baselines import meta_parameter_count
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval" / "experiments"))
 
 import common  # noqa: E402
@@ -447,7 +449,7 @@ def test_ablations_of_each_size_keep_the_base_count_where_they_say_so(capsys, tm
 
     for size, base in (("tiny", "hope-tiny"), ("small", "hope-small")):
         runs = {run.name.split("@")[0]: run for run in ablations.runs(size=size)}
-        counts = {name: common.count_parameters(common.build_config(run)) for name, run in runs.items()}
+        counts = {name: meta_parameter_count(common.build_config(run)) for name, run in runs.items()}
         assert runs["hope"].config == base and runs["hope"].tokens == ablations.SIZES[size][1]
         matched = [name for name in runs if name.startswith(("static-k", "static-v", "adaptive-q", "input-projection",
                                                              "static-rates-cms", "cms-", "chunks-", "no-cms"))]
@@ -507,15 +509,21 @@ def test_seed_spread_table_compares_the_same_training_across_seeds(corpus_file, 
         common.seed_spread_table([folders[0], other], "t")
 
 
+def tiny_hope_model():
+    """A tiny Hope (`hope_config()`), seed 0, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(common.build_config(common.Run(name="p", config=hope_config()))).eval()
+
+
 def test_probe_state_reads_the_fast_weights_a_full_forward_ends_in():
     """`probe_state.probe` feeds pieces through a cache; its last row is the state one full forward ends in."""
     import probe_state
-    from transformers import AutoModelForCausalLM
 
     from hope_hf import HopeCache
 
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(common.build_config(common.Run(name="p", config=hope_config()))).eval()
+    model = tiny_hope_model()
     ids = torch.randint(3, VOCAB, (1, 45))
     rows = probe_state.probe(model, ids, piece=16)
     assert [tokens for tokens, _, _ in rows] == [16, 32, 45] and all(finite for _, finite, _ in rows)
@@ -528,10 +536,7 @@ def test_probe_state_reads_the_fast_weights_a_full_forward_ends_in():
 
 def test_probe_state_loss_by_position_averages_each_bin():
     import probe_state
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(common.build_config(common.Run(name="p", config=hope_config()))).eval()
+    model = tiny_hope_model()
     rows = torch.randint(3, VOCAB, (2, 30))
     with torch.no_grad():
         logits = model(rows, use_cache=False).logits
@@ -545,10 +550,7 @@ def test_frozen_memories_leave_the_convolution_as_the_only_mixing_of_tokens():
     """With no memory writes a token's logits depend only on the tokens the stacked convolutions reach; with writes
     (and after the context manager) on every earlier token."""
     import probe_state
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(common.build_config(common.Run(name="p", config=hope_config()))).eval()
+    model = tiny_hope_model()
     ids = torch.randint(3, VOCAB, (1, 40))
     changed = ids.clone()
     changed[0, 0] = 3 if ids[0, 0] != 3 else 4

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from hope_hf.baselines import cms_width_for, with_cms_width  # noqa: E402
+from hope_hf.baselines import cms_width_for, meta_parameter_count, with_cms_width  # noqa: E402
 
 STUDY = "ablations"
 #: size → (the base's modeling config, training tokens of every row). `tiny` (~2M) is the study so far; `small` (~6M,
@@ -62,7 +62,7 @@ def rows(size: str = "tiny") -> dict[str, tuple[str, dict, dict]]:
 
     base = load_config(SIZES[size][0]).to_dict()
     width = base["cms_levels"][0]["intermediate_size"]
-    target = common.count_parameters(common.build_config(common.Run(name="base", config=base)))
+    target = meta_parameter_count(common.build_config(common.Run(name="base", config=base)))
     input_projection = {"input_projection": True}
     input_projection_cms = _matched_cms(input_projection, base, target)
     static_rates = {"adaptive_rates": False}

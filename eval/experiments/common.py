@@ -23,8 +23,9 @@ tokens in the same order with the same optimiser and schedule; only the model di
   schedule, CMS schedule, RNG states, step and curve go to `checkpoints/<study>/<run>.pt`; the same command
   resumes from there (bit for bit on CPU). A finished run writes `results/<study>/<run>.json` and is skipped
   next time unless `--force`; its trained model goes to `checkpoints/<study>/<run>.final/` (`save_pretrained`:
-  `from_pretrained` loads it for probing or evaluation; not committed). A run whose training loss or gradient norm turns NaN/inf is recorded as diverged at
-  that step, nothing of the step applied, and the state before it is kept as `checkpoints/<study>/<run>.diverged.pt`:
+  `from_pretrained` loads it for probing or evaluation; not committed). A run whose training loss or gradient norm
+  turns NaN/inf is recorded as diverged at that step, nothing of the step applied, and the state before it is kept
+  as `checkpoints/<study>/<run>.diverged.pt`:
   copied as `<run>.pt` into an empty `--checkpoint-dir` (with an empty `--results-dir`), the same command replays
   the diverging step.
 - **runner** (`main`): `--only`, `--jobs N` (N runs as parallel subprocesses), `--tokens`, `--device`,
@@ -311,13 +312,6 @@ def build_model(config):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_config(config)
-
-
-def count_parameters(config) -> int:
-    """Parameters of the model `config` builds (on the meta device: nothing is allocated)."""
-    from hope_hf.baselines import meta_parameter_count
-
-    return meta_parameter_count(config)
 
 
 def check_parameter_match(counts: dict[str, int], tolerance: float = PARAM_TOLERANCE) -> None:
@@ -622,13 +616,14 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     result_path.parent.mkdir(parents=True, exist_ok=True)
-    final_path = final_model_path(checkpoint_dir, study, run.name)
+    saved = ""
     if diverged_at is None:
+        final_path = final_model_path(checkpoint_dir, study, run.name)
         model.save_pretrained(final_path)
+        saved = f"; model -> {final_path}"
     result_path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     if ckpt_path.is_file():
         ckpt_path.unlink()
-    saved = f"; model -> {final_path}" if diverged_at is None else ""
     log(f"[{run.name}] done: validation perplexity {result['validation']['perplexity']}, "
         f"{train_seconds:.0f} s, {result['tokens_per_second']:.0f} tokens/s -> {result_path}{saved}")
     return result
@@ -949,7 +944,9 @@ def resolve_device(device: str) -> str:
 
 def parameter_report(runs: Sequence[Run]) -> dict[str, int]:
     """Parameter count of every run; checks each `group` matches within `PARAM_TOLERANCE` (raises otherwise)."""
-    counts = {run.name: count_parameters(build_config(run)) for run in runs}
+    from hope_hf.baselines import meta_parameter_count
+
+    counts = {run.name: meta_parameter_count(build_config(run)) for run in runs}
     groups: dict[str, dict[str, int]] = {}
     for run in runs:
         if run.group is not None:

@@ -44,6 +44,11 @@ FAMILY_LABELS = {"hope": "Hope (self-modifying Titans + CMS)", "hope-attention":
 #: grew to 1e13 within one sequence). titans-bounded caps eta_max at this / C_m (docs/FAITHFULNESS.md, Known risks 2).
 BOUNDED_CHUNK_STEP = 2.0
 
+SIZES = ("tiny", "small")
+#: Training tokens of each size (the larger trains on at least 5M tokens, as the issue asks).
+TOKENS = {"tiny": 2_500_000, "small": 5_000_000}
+DEFAULT_CORPORA = ("embedded", str(BOOKS_CORPUS))
+
 
 def family_config(family: str, size: str) -> tuple[str, dict]:
     """The `modeling_configs` name and the overrides of a family at a size."""
@@ -52,10 +57,6 @@ def family_config(family: str, size: str) -> tuple[str, dict]:
 
         return f"titans-{size}", {"eta_max": BOUNDED_CHUNK_STEP / load_config(f"titans-{size}").memory_chunk_size}
     return f"{family}-{size}", {}
-SIZES = ("tiny", "small")
-#: Training tokens of each size (the larger trains on at least 5M tokens, as the issue asks).
-TOKENS = {"tiny": 2_500_000, "small": 5_000_000}
-DEFAULT_CORPORA = ("embedded", str(BOOKS_CORPUS))
 
 
 def runs(sizes=SIZES, corpora=DEFAULT_CORPORA, families=FAMILIES) -> list[common.Run]:
