@@ -564,3 +564,31 @@ def test_frozen_memories_leave_the_convolution_as_the_only_mixing_of_tokens():
     with probe_state.frozen_memories():
         assert torch.equal(logits(ids), logits(changed))
     assert not torch.allclose(logits(ids), logits(changed))
+
+
+def test_probe_state_rate_statistics_per_layer():
+    """With the gate weights zeroed every token's η and α are the gates' biases, so every statistic has a closed
+    form; a different η bias in one layer shows up in that layer only."""
+    import probe_state
+    model = tiny_hope_model()
+    cfg = model.config
+    mixers = [layer.mixer for layer in model.model.layers]
+    with torch.no_grad():
+        for mixer in mixers:
+            mixer.eta_weight.zero_()
+            mixer.alpha_weight.zero_()
+        mixers[1].eta_bias.fill_(0.0)                                       # η = eta_max · σ(0) in layer 1
+    C, T = cfg.memory_chunk_size, 2 * cfg.memory_chunk_size
+    blocks = torch.randint(3, VOCAB, (3, T))
+    rows = probe_state.rate_statistics(model, blocks, batch_size=2)
+    assert len(rows) == cfg.num_hidden_layers
+    etas = [cfg.eta_init, cfg.eta_max / 2]
+    for row, eta in zip(rows, etas, strict=True):
+        for key in ("eta_mean", "eta_p90", "eta_max"):
+            assert row[key] == pytest.approx(eta, rel=1e-6)
+        assert row["chunk_step_mean"] == pytest.approx(C * eta, rel=1e-6)
+        assert row["chunk_step_max"] == pytest.approx(C * eta, rel=1e-6)
+        assert row["forget_mean"] == pytest.approx(1 - cfg.alpha_init, rel=1e-4)
+        assert row["block_retention"] == pytest.approx(cfg.alpha_init ** T, rel=1e-4)
+    with pytest.raises(ValueError, match="multiple of memory_chunk_size"):
+        probe_state.rate_statistics(model, blocks[:, :-1])

@@ -3,9 +3,10 @@
 Feeds a run's model long inputs through its cache, in pieces, and prints after each piece the largest fast weight
 (max |A|, |B| over the memories of each layer) and whether the logits so far are finite; then the held-out loss by
 position over rows of that length (does the model degrade past its training length?), and the held-out loss at
-the training length with and without memory writes (what the inner loop is worth). Three inputs from the run's
-own corpus: the held-out text, its first 40 tokens repeated, and one token repeated (the last two are the
-self-similar keys under which a chunk's inner steps add up). The cached, piecewise forward equals one full forward
+the training length with and without memory writes (what the inner loop is worth), and per layer the rates the
+model learned to use there (η_t, its sum over a main-memory chunk, 1 − α_t: `rate_statistics`). Three inputs
+from the run's own corpus: the held-out text, its first 40 tokens repeated, and one token repeated (the last
+two are the self-similar keys under which a chunk's inner steps add up). The cached, piecewise forward equals one full forward
 (`tests/test_generation.py`), so this is the state a full forward of that length would end in.
 
     python eval/experiments/probe_state.py --study lm_comparison --run hope-small@embedded            # final model
@@ -101,6 +102,64 @@ def frozen_memories():
         memory_ops.projections = original
 
 
+@contextlib.contextmanager
+def recorded_rates(model):
+    """Inside: every self-modifying layer's per-token rates η_t and log α_t (the `projections` of each chunk, eager
+    memory paths) are recorded; yields {layer index: list of (eta, log_alpha, write) [b, H, n]} in call order."""
+    from hope_hf import memory_ops
+    from hope_hf.self_modifying import SelfModifyingTitans
+
+    original, current, record = memory_ops.projections, [None], {}
+    layers = [m for m in model.modules() if isinstance(m, SelfModifyingTitans)]
+    handles = [layer.register_forward_pre_hook(lambda _m, _a, i=i: current.__setitem__(0, i))
+               for i, layer in enumerate(layers)]
+
+    def recording(memory_out, inputs, rule):
+        out = original(memory_out, inputs, rule)
+        eta, log_alpha, _, write = out[3:]
+        record.setdefault(current[0], []).append((eta.detach(), log_alpha.detach(), write.detach()))
+        return out
+
+    memory_ops.projections = recording
+    try:
+        yield record
+    finally:
+        memory_ops.projections = original
+        for handle in handles:
+            handle.remove()
+
+
+def rate_statistics(model, blocks: torch.Tensor, batch_size: int = 16) -> list[dict[str, float]]:
+    """Per self-modifying layer, what its learned rates are on `blocks` [N, T] (every token, head and block):
+    the inner learning rate η_t (mean, 90th percentile, max), the summed step of a main-memory chunk
+    Σ_{t in chunk} η_t (mean, max; the quantity whose size decides whether a chunk's inner steps overshoot,
+    docs/FAITHFULNESS.md Known risks 2), the forgetting per token 1 − α_t (mean) and the retention over one block
+    of T tokens, the mean over heads and blocks of Π_t α_t (how much of the block-start state survives the block).
+    Needs T to be a multiple of the main memory's chunk C_m."""
+    chunk, T = model.config.memory_chunk_size, blocks.shape[1]
+    if T % chunk:
+        raise ValueError(f"blocks of {T} tokens are not a multiple of memory_chunk_size={chunk}")
+    per_layer: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    with torch.no_grad():
+        for i in range(0, len(blocks), batch_size):
+            with recorded_rates(model) as record:
+                model(blocks[i: i + batch_size], use_cache=False)
+            for layer, calls in record.items():
+                eta = torch.cat([c[0] for c in calls], dim=2)                        # [b, H, T]
+                log_alpha = torch.cat([c[1] for c in calls], dim=2)
+                per_layer.setdefault(layer, []).append((eta, log_alpha))
+    rows = []
+    for layer in sorted(per_layer):
+        eta = torch.cat([e for e, _ in per_layer[layer]]).double()
+        log_alpha = torch.cat([a for _, a in per_layer[layer]]).double()
+        chunk_sum = eta.unflatten(2, (T // chunk, chunk)).sum(-1)
+        rows.append({"eta_mean": float(eta.mean()), "eta_p90": float(eta.flatten().quantile(0.9)),
+                     "eta_max": float(eta.max()), "chunk_step_mean": float(chunk_sum.mean()),
+                     "chunk_step_max": float(chunk_sum.max()), "forget_mean": float((-log_alpha.expm1()).mean()),
+                     "block_retention": float(log_alpha.sum(-1).exp().mean())})
+    return rows
+
+
 def loss_by_position(model, rows: torch.Tensor, bins: list[tuple[int, int]]) -> list[float]:
     """Mean next-token loss of `rows` [N, T] over the predicted positions [a, b) of each bin (position p predicts
     token p + 1): whether the model degrades past its training length."""
@@ -164,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nheld-out loss on {len(blocks)} blocks of {args.block_size} tokens: {with_writes:.4f} as trained, "
           f"{without:.4f} with no memory writes (every memory at its initial state): the inner loop is worth "
           f"{without - with_writes:+.4f} nats")
+    print(f"\nlearned rates on those blocks, per layer (every token and head; chunk step = sum of eta over a "
+          f"main-memory chunk of {model.config.memory_chunk_size}; retention = product of alpha over a block):\n")
+    print("| layer | eta mean | eta p90 | eta max | chunk step mean | chunk step max | 1 - alpha mean "
+          "| block retention |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, row in enumerate(rate_statistics(model, blocks)):
+        print(f"| {i} | " + " | ".join(f"{row[key]:.3g}" for key in (
+            "eta_mean", "eta_p90", "eta_max", "chunk_step_mean", "chunk_step_max", "forget_mean",
+            "block_retention")) + " |")
     if args.rows:
         if len(text) < args.rows * args.length:
             raise SystemExit(f"--rows {args.rows} x --length {args.length} exceeds the held-out text ({len(text)})")
