@@ -592,3 +592,51 @@ def test_probe_state_rate_statistics_per_layer():
         assert row["block_retention"] == pytest.approx(cfg.alpha_init ** T, rel=1e-4)
     with pytest.raises(ValueError, match="multiple of memory_chunk_size"):
         probe_state.rate_statistics(model, blocks[:, :-1])
+
+
+def test_probe_recall_copy_inputs_repeat_consecutive_passages():
+    import probe_recall
+    text = torch.arange(100, dtype=torch.int32)
+    inputs = probe_recall.copy_inputs(text, 10, 3)
+    assert inputs.shape == (3, 20) and inputs.dtype == torch.int64
+    assert torch.equal(inputs[:, :10], inputs[:, 10:]) and torch.equal(inputs[2, :10], torch.arange(20, 30))
+    with pytest.raises(ValueError, match="need 110 tokens"):
+        probe_recall.copy_inputs(text, 10, 11)
+
+
+class _CopyingModel(torch.nn.Module):
+    """At position p ≥ L (second copy) predicts the token L − 1 positions back, i.e. the first copy's next token,
+    with certainty; in the first copy it predicts nothing (uniform logits)."""
+
+    def __init__(self, vocab: int, length: int):
+        super().__init__()
+        self.vocab, self.length = vocab, length
+
+    def forward(self, ids, use_cache=False):
+        from types import SimpleNamespace
+
+        logits = torch.zeros(*ids.shape, self.vocab)
+        L = self.length
+        logits[:, L:].scatter_(-1, ids[:, 1: L + 1, None], 1e4)        # position L + j predicts ids[j + 1]
+        return SimpleNamespace(logits=logits)
+
+
+def test_probe_recall_copy_losses_compare_the_same_targets_in_both_copies():
+    """A model that copies perfectly has zero loss and accuracy 1 on the second copy and log V on the first (uniform):
+    the two copies' slices line up on the same targets. A real model's figures equal the per-position cross-entropy."""
+    import math
+
+    import probe_recall
+    L, V = 12, 50
+    inputs = probe_recall.copy_inputs(torch.randint(0, V, (5 * L,)), L, 5)
+    out = probe_recall.copy_losses(_CopyingModel(V, L), inputs, batch_size=2)
+    assert out["second"] == pytest.approx(0.0, abs=1e-6) and out["second_accuracy"] == 1.0
+    assert out["first"] == pytest.approx(math.log(V), rel=1e-6)
+    model = tiny_hope_model()
+    inputs = probe_recall.copy_inputs(torch.randint(3, VOCAB, (3 * L,)), L, 3)
+    out = probe_recall.copy_losses(model, inputs, batch_size=2)
+    with torch.no_grad():
+        logits = model(inputs, use_cache=False).logits
+    per_position = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), inputs[:, 1:], reduction="none")
+    assert out["first"] == pytest.approx(float(per_position[:, : L - 1].mean()), rel=1e-5)
+    assert out["second"] == pytest.approx(float(per_position[:, L: 2 * L - 1].mean()), rel=1e-5)
