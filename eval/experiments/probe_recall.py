@@ -16,7 +16,8 @@ little recall at this length, a repeated passage needs all of it.
         --runs hope-tiny@rust_books titans-tiny@rust_books transformer-tiny@rust_books
     python eval/experiments/probe_recall.py --study ablations --runs eta-init-0.1@embedded --lengths 64 128
 
-Each run's model is its finished model (`checkpoints/<study>/<run>.final/`, kept by the runner).
+Each run's model is its finished model (`checkpoints/<study>/<run>.final/`, kept by the runner) or, with
+`--checkpoint` (one run), a training checkpoint (`<run>.pt` or `<run>.diverged.pt`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", required=True, choices=sorted(probe_state.STUDIES))
     parser.add_argument("--runs", nargs="+", required=True, help="run names of the study (`<study>.py --list`)")
+    parser.add_argument("--checkpoint", type=Path, help="a training checkpoint instead of the final model (one run)")
     parser.add_argument("--checkpoint-dir", type=Path, default=common.CHECKPOINT_DIR)
     parser.add_argument("--lengths", nargs="+", type=int, default=[32, 64, 128], help="passage lengths L")
     parser.add_argument("--passages", type=int, default=64, help="held-out passages per length (default 64)")
@@ -83,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.runs if name not in runs]
     if unknown:
         raise SystemExit(f"unknown run(s) {unknown}; runs of {args.study}: {sorted(runs)}")
-    print("| run | params | L | loss, first copy | loss, second copy | copy gain (nats) | accuracy, second copy "
+    if args.checkpoint is not None and len(args.runs) != 1:
+        raise SystemExit(f"--checkpoint is one run's; got {len(args.runs)} runs")
+    print("| run | step | params | L | loss, first copy | loss, second copy | copy gain (nats) | accuracy, second copy "
           "| copy gain with no memory writes |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.runs:
         run = runs[name]
-        model, _ = probe_state.load_model(run, None, args.checkpoint_dir, args.study)
+        model, step = probe_state.load_model(run, args.checkpoint, args.checkpoint_dir, args.study)
         model.eval()
         self_modifying = getattr(model.config, "mixer", None) == "self_modifying"
         if self_modifying:
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 with probe_state.frozen_memories():
                     without = copy_losses(model, inputs)
                 frozen = f"{without['first'] - without['second']:+.3f}"
-            print(f"| {name} | {params:,} | {length} | {losses['first']:.3f} | {losses['second']:.3f} "
+            print(f"| {name} | {step} | {params:,} | {length} | {losses['first']:.3f} | {losses['second']:.3f} "
                   f"| {losses['first'] - losses['second']:+.3f} | {losses['second_accuracy']:.3f} | {frozen} |")
     return 0
 
