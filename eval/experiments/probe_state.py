@@ -6,8 +6,8 @@ position over rows of that length (does the model degrade past its training leng
 the training length with and without memory writes (what the inner loop is worth), and per layer the rates the
 model learned to use there (η_t, its sum over a main-memory chunk, 1 − α_t: `rate_statistics`). Three inputs
 from the run's own corpus: the held-out text, its first 40 tokens repeated, and one token repeated (the last
-two are the self-similar keys under which a chunk's inner steps add up). The cached, piecewise forward equals one full forward
-(`tests/test_generation.py`), so this is the state a full forward of that length would end in.
+two are the self-similar keys under which a chunk's inner steps add up). The cached, piecewise forward equals one
+full forward (`tests/test_generation.py`), so this is the state a full forward of that length would end in.
 
     python eval/experiments/probe_state.py --study lm_comparison --run hope-small@embedded            # final model
     python eval/experiments/probe_state.py --study lm_comparison --run titans-small@embedded \\
@@ -105,7 +105,7 @@ def frozen_memories():
 @contextlib.contextmanager
 def recorded_rates(model):
     """Inside: every self-modifying layer's per-token rates η_t and log α_t (the `projections` of each chunk, eager
-    memory paths) are recorded; yields {layer index: list of (eta, log_alpha, write) [b, H, n]} in call order."""
+    memory paths) are recorded; yields {layer index: list of (eta, log_alpha) [b, H, n]} in call order."""
     from hope_hf import memory_ops
     from hope_hf.self_modifying import SelfModifyingTitans
 
@@ -116,8 +116,8 @@ def recorded_rates(model):
 
     def recording(memory_out, inputs, rule):
         out = original(memory_out, inputs, rule)
-        eta, log_alpha, _, write = out[3:]
-        record.setdefault(current[0], []).append((eta.detach(), log_alpha.detach(), write.detach()))
+        eta, log_alpha = out[3:5]
+        record.setdefault(current[0], []).append((eta.detach(), log_alpha.detach()))
         return out
 
     memory_ops.projections = recording
@@ -145,8 +145,7 @@ def rate_statistics(model, blocks: torch.Tensor, batch_size: int = 16) -> list[d
             with recorded_rates(model) as record:
                 model(blocks[i: i + batch_size], use_cache=False)
             for layer, calls in record.items():
-                eta = torch.cat([c[0] for c in calls], dim=2)                        # [b, H, T]
-                log_alpha = torch.cat([c[1] for c in calls], dim=2)
+                eta, log_alpha = (torch.cat(parts, dim=2) for parts in zip(*calls))      # [b, H, T] each
                 per_layer.setdefault(layer, []).append((eta, log_alpha))
     rows = []
     for layer in sorted(per_layer):
