@@ -479,6 +479,8 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         The result dict (also written to `<results_dir>/<study>/<run.name>.json`), or `None` if the run
         stopped early (its checkpoint holds the progress; the same call continues it).
     """
+    from hope_hf import baselines
+
     result_path = Path(results_dir) / study / f"{run.name}.json"
     ckpt_path = Path(checkpoint_dir) / study / f"{run.name}.pt"
     diverged_path = ckpt_path.with_suffix(".diverged.pt")
@@ -504,7 +506,7 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
     if settings.gradient_checkpointing:
         enable_activation_checkpointing(model)
     model.train()
-    parameters = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    parameters = baselines.count_parameters(model)
     optimizer = make_optimizer(model, settings, per_cms_level=run.level_lr_scale is not None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
     schedule = make_cms_schedule(model, run.level_lr_scale)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from hope_hf.baselines import count_parameters
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
@@ -93,12 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.runs:
         run = runs[name]
         model, step = probe_state.load_model(run, args.checkpoint, args.checkpoint_dir, args.study)
-        model.eval()
         self_modifying = getattr(model.config, "mixer", None) == "self_modifying"
-        if self_modifying:
-            model.set_memory_implementation("chunk")       # eager: `frozen_memories` swaps an eager function
         text = common.load_corpus(run.data, model.config.vocab_size).validation
-        params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        params = count_parameters(model)
         for length in args.lengths:
             inputs = copy_inputs(text, length, args.passages)
             losses = copy_losses(model, inputs)

@@ -42,18 +42,24 @@ STUDIES = {
 
 
 def load_model(run: common.Run, checkpoint: Path | None, checkpoint_dir: Path, study: str):
-    """The run's model from a training checkpoint, or from its saved final model; with the step it holds."""
+    """The run's model from a training checkpoint, or from its saved final model; with the step it holds. Ready to
+    probe: in eval mode, and a Hope model's memories eager (`frozen_memories` swaps an eager function)."""
     from transformers import AutoModelForCausalLM
 
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model = common.build_model(common.build_config(run))
         model.load_state_dict(state["model"])
-        return model, state["step"]
-    final = common.final_model_path(checkpoint_dir, study, run.name)
-    if not final.is_dir():
-        raise SystemExit(f"no final model of {run.name} at {final}: train the run, or pass --checkpoint")
-    return AutoModelForCausalLM.from_pretrained(final), "final"
+        step = state["step"]
+    else:
+        final = common.final_model_path(checkpoint_dir, study, run.name)
+        if not final.is_dir():
+            raise SystemExit(f"no final model of {run.name} at {final}: train the run, or pass --checkpoint")
+        model, step = AutoModelForCausalLM.from_pretrained(final), "final"
+    model.eval()
+    if hasattr(model.config, "memory_implementation"):
+        model.set_memory_implementation("chunk")
+    return model, step
 
 
 def largest_fast_weights(cache) -> list[float]:
@@ -198,9 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     model, step = load_model(run, args.checkpoint, args.checkpoint_dir, args.study)
     if getattr(model.config, "mixer", None) != "self_modifying":
         raise SystemExit(f"{args.run} has no self-modifying memory to probe (model_type {model.config.model_type})")
-    model.eval()
-    if hasattr(model.config, "memory_implementation"):
-        model.set_memory_implementation("chunk")               # eager: `frozen_memories` swaps an eager function
     corpus = common.load_corpus(run.data, model.config.vocab_size)
     text = corpus.validation.long()
     if len(text) < args.length:
