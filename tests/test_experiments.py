@@ -640,3 +640,108 @@ def test_probe_recall_copy_losses_compare_the_same_targets_in_both_copies():
     per_position = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), inputs[:, 1:], reduction="none")
     assert out["first"] == pytest.approx(float(per_position[:, : L - 1].mean()), rel=1e-5)
     assert out["second"] == pytest.approx(float(per_position[:, L: 2 * L - 1].mean()), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# associative_recall.py (MQAR trained from scratch)
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_recall_batch_asks_for_the_value_stored_with_each_key():
+    import associative_recall as ar
+    task = ar.RecallTask(pairs=5, gap=3, keys=7, values=4)
+    ids, labels = ar.recall_batch(task, 50, torch.Generator().manual_seed(0))
+    assert ids.shape == labels.shape == (50, task.length) and task.length == 23
+    assert int(ids.max()) < task.vocab_size and int(ids.min()) >= ar.FILLER
+    P = task.pairs
+    for row, row_labels in zip(ids.tolist(), labels.tolist()):
+        stored = dict(zip(row[0: 2 * P: 2], row[1: 2 * P: 2]))
+        assert len(stored) == P and all(ar.FIRST_KEY <= k < ar.FIRST_KEY + task.keys for k in stored)
+        assert all(v >= ar.FIRST_KEY + task.keys for v in stored.values())
+        assert row[2 * P: task.first_query] == [ar.FILLER] * task.gap
+        queries = row[task.first_query:]
+        assert sorted(queries[0::2]) == sorted(stored)                      # every key asked once
+        asked = {t: label for t, label in enumerate(row_labels) if label != -100}
+        assert sorted(asked) == list(range(task.first_query + 1, task.length, 2))
+        assert all(label == stored[row[t - 1]] == row[t] for t, label in asked.items())
+    again, _ = ar.recall_batch(task, 50, torch.Generator().manual_seed(0))
+    assert torch.equal(ids, again)
+    with pytest.raises(ValueError, match="pairs"):
+        ar.RecallTask(pairs=8, gap=0, keys=7)
+    with pytest.raises(ValueError, match="gap"):
+        ar.RecallTask(pairs=2, gap=-1)
+
+
+class _LookUpModel(torch.nn.Module):
+    """Answers each query from the pairs section (perfect recall): certainty on the stored value at query keys,
+    uniform logits elsewhere."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+
+    def forward(self, ids, use_cache=False):
+        from types import SimpleNamespace
+
+        task, P = self.task, self.task.pairs
+        logits = torch.zeros(*ids.shape, task.vocab_size)
+        for b, row in enumerate(ids.tolist()):
+            stored = dict(zip(row[0: 2 * P: 2], row[1: 2 * P: 2]))
+            for t in range(task.first_query, task.length, 2):
+                logits[b, t, stored[row[t]]] = 1e4
+        return SimpleNamespace(logits=logits)
+
+
+def test_recall_scores_count_the_query_values_only():
+    """Perfect recall scores accuracy 1 and loss 0; uniform logits score log V (only query values are counted: a
+    model that also predicted every other position perfectly would not score better)."""
+    import math
+
+    import associative_recall as ar
+    task = ar.RecallTask(pairs=4, gap=2, keys=6, values=5)
+    ids, labels = ar.held_out_set(task, 9, data_seed=0)
+    perfect = ar.recall_scores(_LookUpModel(task), ids, labels, batch_size=4, device=torch.device("cpu"))
+    assert perfect == {"loss": pytest.approx(0.0, abs=1e-6), "accuracy": 1.0}
+
+    class Uniform(torch.nn.Module):
+        def forward(self, ids, use_cache=False):
+            from types import SimpleNamespace
+            return SimpleNamespace(logits=torch.zeros(*ids.shape, task.vocab_size))
+
+    uniform = ar.recall_scores(Uniform(), ids, labels, batch_size=4, device=torch.device("cpu"))
+    assert uniform["loss"] == pytest.approx(math.log(task.vocab_size), rel=1e-6)
+
+
+def test_recall_families_are_matched_and_differ_where_they_say():
+    import associative_recall as ar
+    counts = {f: meta_parameter_count(ar.family_config(f, 132)) for f in ar.FAMILIES}
+    common.check_parameter_match(counts)
+    hope, hope_c16 = ar.family_config("hope", 132), ar.family_config("hope-c16", 132)
+    titans, titans_c64 = ar.family_config("titans", 132), ar.family_config("titans-c64", 132)
+    assert (hope.memory_chunk_size, hope_c16.memory_chunk_size, titans.memory_chunk_size,
+            titans_c64.memory_chunk_size) == (64, 16, 16, 64)
+    assert {k for k, v in hope.to_dict().items() if hope_c16.to_dict()[k] != v} == {"memory_chunk_size"}
+    assert {k for k, v in titans.to_dict().items() if titans_c64.to_dict()[k] != v} == {"memory_chunk_size"}
+    assert not titans.adaptive_k and titans.inner_optimizer == "gd" and len(titans.cms_levels) == 1
+    assert hope.hidden_size == ar.SHAPE["hidden_size"] and hope.vocab_size == 132
+    # the "far" task puts every pair in a chunk before every query, for every C_m of the study
+    far = ar.TASKS["far"]
+    assert all(far.first_query % c == 0 and 2 * far.pairs <= far.first_query for c in (16, 64))
+
+
+@pytest.mark.parametrize("family", ["transformer", "hope"])
+def test_recall_run_resumes_exactly_and_writes_its_result(tmp_path, monkeypatch, family):
+    import associative_recall as ar
+    monkeypatch.setitem(ar.TASKS, "toy", ar.RecallTask(pairs=3, gap=2, keys=5, values=5))
+    settings = ar.RecallSettings(steps=4, batch_size=3, eval_every=2, eval_examples=6, checkpoint_every=2)
+    whole = ar.train_recall_run(family, "toy", settings, results_dir=tmp_path / "a", checkpoint_dir=tmp_path / "a",
+                                log=lambda _: None)
+    assert ar.train_recall_run(family, "toy", settings, results_dir=tmp_path / "b", checkpoint_dir=tmp_path / "b",
+                               deadline=0.0, log=lambda _: None) is None                 # stops after step 1
+    assert (tmp_path / "b" / ar.STUDY / f"{family}@toy.pt").is_file()
+    resumed = ar.train_recall_run(family, "toy", settings, results_dir=tmp_path / "b", checkpoint_dir=tmp_path / "b",
+                                  log=lambda _: None)
+    assert resumed["curve"] == whole["curve"] and [s for s, _ in whole["curve"]] == [0, 2, 4]
+    assert resumed["held_out"] == whole["held_out"] and whole["steps"] == 4 and whole["diverged_at_step"] is None
+    assert json.loads((tmp_path / "a" / ar.STUDY / f"{family}@toy.json").read_text())["held_out"] == whole["held_out"]
+    table = ar.recall_table([whole])
+    assert f"{whole['held_out']['accuracy']:.3f}" in table and ar.FAMILY_LABELS[family] in table

@@ -364,6 +364,17 @@ def make_cms_schedule(model: torch.nn.Module, level_lr_scale: Sequence[float] | 
     return HopeScheduleCallback(model, level_lr_scale=level_lr_scale)
 
 
+def apply_step(optimizer: torch.optim.Optimizer, scheduler, schedule) -> None:
+    """One optimiser step (through the CMS update schedule `schedule` where there is one), then the LR schedule's
+    step; the gradients are cleared."""
+    if schedule is not None:
+        schedule.optimizer_step(optimizer)
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def enable_activation_checkpointing(model) -> None:
     """Per-layer activation (gradient) checkpointing, non-reentrant, under either transformers 5.x name."""
     kwargs = {"use_reentrant": False}
@@ -565,12 +576,7 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
                 log(f"[{run.name}] DIVERGED: {what} at step {step}; recorded as such; the state before the step "
                     f"is kept in {diverged_path}")
                 break
-            if schedule is not None:
-                schedule.optimizer_step(optimizer)
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            apply_step(optimizer, scheduler, schedule)
             step += 1
             train_losses.append([step, loss_value])
             elapsed = base_elapsed + time.time() - started
