@@ -722,6 +722,10 @@ def test_recall_families_are_matched_and_differ_where_they_say():
     assert {k for k, v in hope.to_dict().items() if hope_c16.to_dict()[k] != v} == {"memory_chunk_size"}
     assert {k for k, v in titans.to_dict().items() if titans_c64.to_dict()[k] != v} == {"memory_chunk_size"}
     assert not titans.adaptive_k and titans.inner_optimizer == "gd" and len(titans.cms_levels) == 1
+    for family, base in (("titans-eta-0.3", titans), ("hope-eta-0.3", hope), ("hope-c16-eta-0.3", hope_c16)):
+        config = ar.family_config(family, 132)
+        assert {k for k, v in base.to_dict().items() if config.to_dict()[k] != v} == {"eta_init"}
+        assert config.eta_init == 0.3 and base.eta_init == 0.03
     assert hope.hidden_size == ar.SHAPE["hidden_size"] and hope.vocab_size == 132
     # the "far" task puts every pair in a chunk before every query, for every C_m of the study
     far = ar.TASKS["far"]

@@ -39,6 +39,7 @@ Models (matched to Hope's parameter count within 3%, `--list`; width 64, 2 layer
     titans-c64         the same with C_m = 64 (what Hope has)
     hope-attention     softmax attention + CMS
     transformer        Llama
+    ...-eta-X          the same with the inner learning rate starting at eta_init = X (shipped: 0.03)
 
 Every run of a task sees the same examples in the same order (step s draws from a generator seeded by (data seed,
 s): exactly reproduced on resume), with the same AdamW, warm-up + cosine schedule and gradient clipping as the
@@ -168,32 +169,43 @@ def recall_scores(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_si
 #: The width of every model of the study (small enough that Hope trains in minutes on one CPU thread).
 SHAPE = {"hidden_size": 64, "num_hidden_layers": 2}
 HOPE_SHAPE = {**SHAPE, "num_heads": 2, "num_key_value_heads": 2}
-FAMILIES = ("hope", "hope-c16", "titans", "titans-c64", "hope-attention", "transformer")
-FAMILY_LABELS = {"hope": "Hope (C_o/C_m 16/64)", "hope-c16": "Hope, C_m = 16",
-                 "titans": "Titans ablation (C_m 16)", "titans-c64": "Titans ablation, C_m = 64",
-                 "hope-attention": "Hope-Attention", "transformer": "Transformer++ (Llama)"}
+#: family → (modeling config its design comes from, overrides, label); `None`: the Llama matched to Hope. The inner
+#: learning rate at initialisation is the shipped `eta_init` (0.03) unless the name says otherwise.
+FAMILY_DEFINITIONS: dict[str, tuple[str, dict, str] | None] = {
+    "hope": ("hope-tiny", {}, "Hope (C_o/C_m 16/64)"),
+    "hope-c16": ("hope-tiny", {"memory_chunk_size": 16}, "Hope, C_m = 16"),
+    "titans": ("titans-tiny", {}, "Titans ablation (C_m 16)"),
+    "titans-c64": ("titans-tiny", {"memory_chunk_size": 64}, "Titans ablation, C_m = 64"),
+    "hope-attention": ("hope-attention-tiny", {}, "Hope-Attention"),
+    "transformer": None,
+    # the inner learning rate at initialisation (eta_max stays 1)
+    "hope-eta-0.3": ("hope-tiny", {"eta_init": 0.3}, "Hope, eta_init 0.3"),
+    "hope-c16-eta-0.3": ("hope-tiny", {"memory_chunk_size": 16, "eta_init": 0.3}, "Hope, C_m = 16, eta_init 0.3"),
+    "titans-eta-0.1": ("titans-tiny", {"eta_init": 0.1}, "Titans ablation, eta_init 0.1"),
+    "titans-eta-0.3": ("titans-tiny", {"eta_init": 0.3}, "Titans ablation, eta_init 0.3"),
+    "titans-c64-eta-0.3": ("titans-tiny", {"memory_chunk_size": 64, "eta_init": 0.3},
+                           "Titans ablation, C_m = 64, eta_init 0.3"),
+}
+FAMILIES = tuple(FAMILY_DEFINITIONS)
+FAMILY_LABELS = {f: "Transformer++ (Llama)" if d is None else d[2] for f, d in FAMILY_DEFINITIONS.items()}
 
 
 def family_config(family: str, vocab_size: int):
     """The config of `family` at the study's width, with the MLP / CMS width that matches Hope's parameter count."""
     from hope_hf.baselines import cms_width_for, matched_llama_config, meta_parameter_count, with_cms_width
 
-    def hope_like(name: str, **overrides):
+    def hope_like(name: str, overrides: dict):
         return common.build_config(common.Run(name=family, config=name,
                                               overrides={**HOPE_SHAPE, "vocab_size": vocab_size, **overrides}))
 
-    hope = hope_like("hope-tiny")
-    target = meta_parameter_count(hope)
-    if family == "hope":
-        return hope
-    if family == "hope-c16":
-        return hope_like("hope-tiny", memory_chunk_size=16)
-    if family == "transformer":
+    hope = hope_like("hope-tiny", {})
+    if FAMILY_DEFINITIONS[family] is None:
         return matched_llama_config(hope)
-    config = {"titans": lambda: hope_like("titans-tiny"),
-              "titans-c64": lambda: hope_like("titans-tiny", memory_chunk_size=64),
-              "hope-attention": lambda: hope_like("hope-attention-tiny")}[family]()
-    return with_cms_width(config, cms_width_for(config, target))
+    name, overrides, _ = FAMILY_DEFINITIONS[family]
+    config = hope_like(name, overrides)
+    if name == "hope-tiny":             # Hope's own parameter count (chunk sizes and rates do not change it)
+        return config
+    return with_cms_width(config, cms_width_for(config, meta_parameter_count(hope)))
 
 
 @dataclasses.dataclass
