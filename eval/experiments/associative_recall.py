@@ -185,6 +185,13 @@ FAMILY_DEFINITIONS: dict[str, tuple[str, dict, str] | None] = {
     "titans-eta-0.3": ("titans-tiny", {"eta_init": 0.3}, "Titans ablation, eta_init 0.3"),
     "titans-c64-eta-0.3": ("titans-tiny", {"memory_chunk_size": 64, "eta_init": 0.3},
                            "Titans ablation, C_m = 64, eta_init 0.3"),
+    # single differences between the Titans ablation and Hope, at eta_init 0.3 and C_m 16
+    "titans-eta-0.3-dgd": ("titans-tiny", {"eta_init": 0.3, "inner_optimizer": "dgd"},
+                           "Titans ablation, eta_init 0.3, DGD"),
+    "titans-eta-0.3-adaptive-kv": ("titans-tiny", {"eta_init": 0.3, "adaptive_k": True, "adaptive_v": True},
+                                   "Titans ablation, eta_init 0.3, k and v memories"),
+    "hope-c16-eta-0.3-static-kv": ("hope-tiny", {"memory_chunk_size": 16, "eta_init": 0.3, "adaptive_k": False,
+                                                 "adaptive_v": False}, "Hope, C_m = 16, eta_init 0.3, static k and v"),
 }
 FAMILIES = tuple(FAMILY_DEFINITIONS)
 FAMILY_LABELS = {f: "Transformer++ (Llama)" if d is None else d[2] for f, d in FAMILY_DEFINITIONS.items()}
@@ -203,9 +210,10 @@ def family_config(family: str, vocab_size: int):
         return matched_llama_config(hope)
     name, overrides, _ = FAMILY_DEFINITIONS[family]
     config = hope_like(name, overrides)
-    if name == "hope-tiny":             # Hope's own parameter count (chunk sizes and rates do not change it)
+    target = meta_parameter_count(hope)
+    if meta_parameter_count(config) == target:          # e.g. Hope with other chunk sizes or rates
         return config
-    return with_cms_width(config, cms_width_for(config, meta_parameter_count(hope)))
+    return with_cms_width(config, cms_width_for(config, target))
 
 
 @dataclasses.dataclass
@@ -403,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name in names:
             family, task = name.split("@")
-            print(f"{name:28s} {counts[task][family]:>9,}  {FAMILY_LABELS[family]}; {TASKS[task]}")
+            print(f"{name:38s} {counts[task][family]:>9,}  {FAMILY_LABELS[family]}; {TASKS[task]}")
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
