@@ -40,12 +40,14 @@ Models (matched to Hope's parameter count within 3%, `--list`; width 64, 2 layer
     hope-attention     softmax attention + CMS
     transformer        Llama
     ...-eta-X          the same with the inner learning rate starting at eta_init = X (shipped: 0.03)
+    titans-eta-0.3-dgd, titans-eta-0.3-adaptive-kv, hope-c16-eta-0.3-static-kv
+                       single differences between the Titans ablation and Hope, at eta_init 0.3 and C_m 16
 
 Every run of a task sees the same examples in the same order (step s draws from a generator seeded by (data seed,
 s): exactly reproduced on resume), with the same AdamW, warm-up + cosine schedule and gradient clipping as the
 LM studies (`common.py`). Evaluation: a fixed held-out set of examples (another seed) every `--eval-every` steps
-(the curve) and at the end (the result). Checkpoints every `--checkpoint-every` steps, on SIGTERM and when
-`--max-minutes` runs out; the same command resumes. Results: `results/associative_recall/<family>@<task>.json`.
+(the curve) and at the end (the result); the training time in the result includes these evaluations. Checkpoints
+every `--checkpoint-every` steps, on SIGTERM and when `--max-minutes` runs out; the same command resumes. Results: `results/associative_recall/<family>@<task>.json`.
 
     python eval/experiments/associative_recall.py --list
     python eval/experiments/associative_recall.py --only transformer@far --threads 1
