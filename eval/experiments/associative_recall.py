@@ -47,7 +47,8 @@ Every run of a task sees the same examples in the same order (step s draws from 
 s): exactly reproduced on resume), with the same AdamW, warm-up + cosine schedule and gradient clipping as the
 LM studies (`common.py`). Evaluation: a fixed held-out set of examples (another seed) every `--eval-every` steps
 (the curve) and at the end (the result); the training time in the result includes these evaluations. Checkpoints
-every `--checkpoint-every` steps, on SIGTERM and when `--max-minutes` runs out; the same command resumes. Results: `results/associative_recall/<family>@<task>.json`.
+every `--checkpoint-every` steps, on SIGTERM and when `--max-minutes` runs out; the same command resumes. Results:
+`results/associative_recall/<family>@<task>.json`.
 
     python eval/experiments/associative_recall.py --list
     python eval/experiments/associative_recall.py --only transformer@far --threads 1
@@ -276,19 +277,13 @@ def train_recall_run(family: str, task_name: str, settings: RecallSettings, *, d
         if state["settings"] != dataclasses.asdict(settings) or state["task"] != dataclasses.asdict(task):
             raise ValueError(f"checkpoint {ckpt_path} was made with other settings or another task; delete it or "
                              "pass --force")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if schedule is not None:
-            schedule.load_state_dict(state["cms_schedule"])
+        common.load_training_state(state, model, optimizer, scheduler, schedule)
         step, curve, train_losses, elapsed = state["step"], state["curve"], state["train_losses"], state["elapsed"]
         log(f"[{name}] resumed at step {step}/{settings.steps}")
 
     def save_checkpoint() -> None:
-        common._save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(),
-                             "cms_schedule": schedule.state_dict() if schedule is not None else None,
-                             "step": step, "curve": curve, "train_losses": train_losses, "elapsed": elapsed,
+        common._save_atomic({**common.training_state(model, optimizer, scheduler, schedule), "step": step,
+                             "curve": curve, "train_losses": train_losses, "elapsed": elapsed,
                              "settings": dataclasses.asdict(settings), "task": dataclasses.asdict(task)}, ckpt_path)
 
     def evaluate() -> None:

@@ -375,6 +375,22 @@ def apply_step(optimizer: torch.optim.Optimizer, scheduler, schedule) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def training_state(model, optimizer, scheduler, schedule) -> dict:
+    """What a checkpoint keeps of the model and the outer loop: the model's, optimiser's, LR schedule's and CMS
+    schedule's (`None` without one) state dicts; `load_training_state` restores them."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "cms_schedule": schedule.state_dict() if schedule is not None else None}
+
+
+def load_training_state(state: dict, model, optimizer, scheduler, schedule) -> None:
+    """Restore what `training_state` kept (a checkpoint dict holding its keys) into the live objects."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if schedule is not None:
+        schedule.load_state_dict(state["cms_schedule"])
+
+
 def enable_activation_checkpointing(model) -> None:
     """Per-layer activation (gradient) checkpointing, non-reentrant, under either transformers 5.x name."""
     kwargs = {"use_reentrant": False}
@@ -527,22 +543,16 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
         if state["settings"] != dataclasses.asdict(settings) or not _same_run(state["run"], run):
             raise ValueError(f"checkpoint {ckpt_path} was made with other settings or another run definition; "
                              "delete it or pass --force")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if schedule is not None:
-            schedule.load_state_dict(state["cms_schedule"])
+        load_training_state(state, model, optimizer, scheduler, schedule)
         _set_rng_state(state["rng"])
         step, curve, train_losses = state["step"], state["curve"], state["train_losses"]
         elapsed, eval_seconds = state["elapsed"], state["eval_seconds"]
         log(f"[{run.name}] resumed at step {step}/{settings.steps}")
 
     def save_checkpoint(path: Path = ckpt_path) -> None:
-        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(),
-                      "cms_schedule": schedule.state_dict() if schedule is not None else None,
-                      "rng": _rng_state(), "step": step, "curve": curve, "train_losses": train_losses,
-                      "elapsed": elapsed, "eval_seconds": eval_seconds, "settings": dataclasses.asdict(settings),
+        _save_atomic({**training_state(model, optimizer, scheduler, schedule), "rng": _rng_state(), "step": step,
+                      "curve": curve, "train_losses": train_losses, "elapsed": elapsed, "eval_seconds": eval_seconds,
+                      "settings": dataclasses.asdict(settings),
                       "run": dataclasses.asdict(run)},
                      path)
 
