@@ -452,14 +452,20 @@ def test_ablations_of_each_size_keep_the_base_count_where_they_say_so(capsys, tm
         counts = {name: meta_parameter_count(common.build_config(run)) for name, run in runs.items()}
         assert runs["hope"].config == base and runs["hope"].tokens == ablations.SIZES[size][1]
         matched = [name for name in runs if name.startswith(("static-k", "static-v", "adaptive-q", "input-projection",
-                                                             "static-rates-cms", "cms-", "chunks-", "no-cms"))]
-        assert len(matched) == 16
+                                                             "static-rates-cms", "cms-", "chunks-", "no-cms",
+                                                             "eta-init-0.3-static-kv"))]
+        assert len(matched) == 19
         for name in matched:
             assert counts[name] == pytest.approx(counts["hope"], rel=0.005), (size, name, counts)
     # tiny: a head's memories hold as many weights as a D x D matrix, so static k is hope-tiny with adaptive_k off
     tiny, small = ablations.rows("tiny"), ablations.rows("small")
     assert tiny["static-k"] == ("static k", {"adaptive_k": False}, {})
     assert small["static-k"][0] == "static k (CMS levels of 114)" and "cms_levels" in small["static-k"][1]
+    # the recall setting: eta_init 0.3 with static k and v, at C_m 64 and 16, and its control at the shipped eta_init
+    static_kv = {"adaptive_k": False, "adaptive_v": False}
+    assert tiny["static-kv"][1] == static_kv
+    assert tiny["eta-init-0.3-static-kv"][1] == {**static_kv, "eta_init": 0.3}
+    assert tiny["eta-init-0.3-static-kv-c16"][1] == {**static_kv, "eta_init": 0.3, "memory_chunk_size": 16}
     # a size other than the first is its own study
     assert ablations.main(["--table", "--size", "small", "--results-dir", str(tmp_path)]) == 1
     assert f"no results of ablations_small under {tmp_path / 'ablations_small'}" in capsys.readouterr().out

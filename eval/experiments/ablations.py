@@ -19,7 +19,8 @@ measured (`hope-hf bench --variant`), asked whether they keep the quality. At sm
 weights of a D × D matrix, so static k / static v / adaptive q take CMS levels that restore the base's count.
 Open knobs: memory expansion r (1, 4; base 2), the chunk sizes C_o/C_m (8/32, 16/16, 32/64, 32/128; base 16/64), CMS
 levels and periods (2, 4 levels; periods all 1; 1/2/4; 1/4/16 with each level's outer learning rate multiplied by
-its period), the inner learning-rate range (eta_max, eta_init),
+its period), the inner learning-rate range (eta_max, eta_init), eta_init 0.3 with static k and v (C_m 64 and 16: the
+setting that binds pairs in `associative_recall.py`; static k and v alone tells the two changes apart),
 the retention-gate initialisation alpha_init (0.9, 0.99; base 0.999).
 
     python eval/experiments/ablations.py --list                     # rows with parameter counts
@@ -129,6 +130,15 @@ def rows(size: str = "tiny") -> dict[str, tuple[str, dict, dict]]:
         "eta-init-0.01": ("eta_init 0.01", {"eta_init": 0.01}, {}),
         "eta-init-0.1": ("eta_init 0.1", {"eta_init": 0.1}, {}),
         "eta-max-0.1": ("eta_max 0.1 (eta_init 0.03)", {"eta_max": 0.1}, {}),
+        # the setting that binds key-value pairs in the associative-recall study (`associative_recall.py`): eta_init
+        # 0.3 with static k and v, at the shipped C_m 64 and at C_m 16 (where a query can read its pairs' chunk), and
+        # static k and v at the shipped eta_init (0.03) to tell the two changes apart
+        "static-kv": at_base_count("static k and v", {"adaptive_k": False, "adaptive_v": False}),
+        "eta-init-0.3-static-kv": at_base_count("eta_init 0.3, static k and v",
+                                                {"eta_init": 0.3, "adaptive_k": False, "adaptive_v": False}),
+        "eta-init-0.3-static-kv-c16": at_base_count("eta_init 0.3, static k and v, C_o/C_m = 16/16",
+                                                    {"eta_init": 0.3, "adaptive_k": False, "adaptive_v": False,
+                                                     "memory_chunk_size": 16}),
         # retention gate alpha_t at initialisation
         "alpha-init-0.9": ("alpha_init 0.9", {"alpha_init": 0.9}, {}),
         "alpha-init-0.99": ("alpha_init 0.99", {"alpha_init": 0.99}, {}),
