@@ -732,6 +732,11 @@ def test_recall_families_are_matched_and_differ_where_they_say():
         config = ar.family_config(family, 132)
         assert {k for k, v in base.to_dict().items() if config.to_dict()[k] != v} == {"eta_init"}
         assert config.eta_init == 0.3 and base.eta_init == 0.03
+    static_kv = ar.family_config("hope-static-kv", 132)
+    assert {k for k, v in hope.to_dict().items() if static_kv.to_dict()[k] != v} >= {"adaptive_k", "adaptive_v"}
+    assert not static_kv.adaptive_k and not static_kv.adaptive_v and static_kv.eta_init == 0.03
+    config = ar.family_config("hope-eta-0.3-static-kv", 132)
+    assert {k for k, v in static_kv.to_dict().items() if config.to_dict()[k] != v} == {"eta_init"}
     assert hope.hidden_size == ar.SHAPE["hidden_size"] and hope.vocab_size == 132
     # the "far" task puts every pair in a chunk before every query, for every C_m of the study
     far = ar.TASKS["far"]

@@ -195,6 +195,10 @@ FAMILY_DEFINITIONS: dict[str, tuple[str, dict, str] | None] = {
                                    "Titans ablation, eta_init 0.3, k and v memories"),
     "hope-c16-eta-0.3-static-kv": ("hope-tiny", {"memory_chunk_size": 16, "eta_init": 0.3, "adaptive_k": False,
                                                  "adaptive_v": False}, "Hope, C_m = 16, eta_init 0.3, static k and v"),
+    # the ablation study's LM rows of the same setting at the shipped C_m 64, and their control at the shipped eta_init
+    "hope-eta-0.3-static-kv": ("hope-tiny", {"eta_init": 0.3, "adaptive_k": False, "adaptive_v": False},
+                               "Hope, eta_init 0.3, static k and v"),
+    "hope-static-kv": ("hope-tiny", {"adaptive_k": False, "adaptive_v": False}, "Hope, static k and v"),
 }
 FAMILIES = tuple(FAMILY_DEFINITIONS)
 FAMILY_LABELS = {f: "Transformer++ (Llama)" if d is None else d[2] for f, d in FAMILY_DEFINITIONS.items()}
