@@ -67,6 +67,7 @@ def rows(size: str = "tiny") -> dict[str, tuple[str, dict, dict]]:
     input_projection = {"input_projection": True}
     input_projection_cms = _matched_cms(input_projection, base, target)
     static_rates = {"adaptive_rates": False}
+    static_kv = {"adaptive_k": False, "adaptive_v": False}
     static_rates_cms = _matched_cms(static_rates, base, target)
 
     def levels(*widths_and_periods) -> dict:
@@ -133,12 +134,10 @@ def rows(size: str = "tiny") -> dict[str, tuple[str, dict, dict]]:
         # the setting that binds key-value pairs in the associative-recall study (`associative_recall.py`): eta_init
         # 0.3 with static k and v, at the shipped C_m 64 and at C_m 16 (where a query can read its pairs' chunk), and
         # static k and v at the shipped eta_init (0.03) to tell the two changes apart
-        "static-kv": at_base_count("static k and v", {"adaptive_k": False, "adaptive_v": False}),
-        "eta-init-0.3-static-kv": at_base_count("eta_init 0.3, static k and v",
-                                                {"eta_init": 0.3, "adaptive_k": False, "adaptive_v": False}),
+        "static-kv": at_base_count("static k and v", static_kv),
+        "eta-init-0.3-static-kv": at_base_count("eta_init 0.3, static k and v", {**static_kv, "eta_init": 0.3}),
         "eta-init-0.3-static-kv-c16": at_base_count("eta_init 0.3, static k and v, C_o/C_m = 16/16",
-                                                    {"eta_init": 0.3, "adaptive_k": False, "adaptive_v": False,
-                                                     "memory_chunk_size": 16}),
+                                                    {**static_kv, "eta_init": 0.3, "memory_chunk_size": 16}),
         # retention gate alpha_t at initialisation
         "alpha-init-0.9": ("alpha_init 0.9", {"alpha_init": 0.9}, {}),
         "alpha-init-0.99": ("alpha_init 0.99", {"alpha_init": 0.99}, {}),

@@ -42,6 +42,9 @@ Models (matched to Hope's parameter count within 3%, `--list`; width 64, 2 layer
     ...-eta-X          the same with the inner learning rate starting at eta_init = X (shipped: 0.03)
     titans-eta-0.3-dgd, titans-eta-0.3-adaptive-kv, hope-c16-eta-0.3-static-kv
                        single differences between the Titans ablation and Hope, at eta_init 0.3 and C_m 16
+    hope-static-kv, hope-eta-0.3-static-kv
+                       Hope at C_m 64 with static k and v, at the shipped eta_init and at 0.3 (the ablation study's
+                       LM rows `static-kv`, `eta-init-0.3-static-kv`)
 
 Every run of a task sees the same examples in the same order (step s draws from a generator seeded by (data seed,
 s): exactly reproduced on resume), with the same AdamW, warm-up + cosine schedule and gradient clipping as the
@@ -172,6 +175,7 @@ def recall_scores(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_si
 #: The width of every model of the study (small enough that Hope trains in minutes on one CPU thread).
 SHAPE = {"hidden_size": 64, "num_hidden_layers": 2}
 HOPE_SHAPE = {**SHAPE, "num_heads": 2, "num_key_value_heads": 2}
+STATIC_KV = {"adaptive_k": False, "adaptive_v": False}     # Hope's k and v as static projections (as in Titans)
 #: family → (modeling config its design comes from, overrides, label); `None`: the Llama matched to Hope. The inner
 #: learning rate at initialisation is the shipped `eta_init` (0.03) unless the name says otherwise.
 FAMILY_DEFINITIONS: dict[str, tuple[str, dict, str] | None] = {
@@ -193,12 +197,11 @@ FAMILY_DEFINITIONS: dict[str, tuple[str, dict, str] | None] = {
                            "Titans ablation, eta_init 0.3, DGD"),
     "titans-eta-0.3-adaptive-kv": ("titans-tiny", {"eta_init": 0.3, "adaptive_k": True, "adaptive_v": True},
                                    "Titans ablation, eta_init 0.3, k and v memories"),
-    "hope-c16-eta-0.3-static-kv": ("hope-tiny", {"memory_chunk_size": 16, "eta_init": 0.3, "adaptive_k": False,
-                                                 "adaptive_v": False}, "Hope, C_m = 16, eta_init 0.3, static k and v"),
+    "hope-c16-eta-0.3-static-kv": ("hope-tiny", {"memory_chunk_size": 16, "eta_init": 0.3, **STATIC_KV},
+                                   "Hope, C_m = 16, eta_init 0.3, static k and v"),
     # the ablation study's LM rows of the same setting at the shipped C_m 64, and their control at the shipped eta_init
-    "hope-eta-0.3-static-kv": ("hope-tiny", {"eta_init": 0.3, "adaptive_k": False, "adaptive_v": False},
-                               "Hope, eta_init 0.3, static k and v"),
-    "hope-static-kv": ("hope-tiny", {"adaptive_k": False, "adaptive_v": False}, "Hope, static k and v"),
+    "hope-eta-0.3-static-kv": ("hope-tiny", {"eta_init": 0.3, **STATIC_KV}, "Hope, eta_init 0.3, static k and v"),
+    "hope-static-kv": ("hope-tiny", STATIC_KV, "Hope, static k and v"),
 }
 FAMILIES = tuple(FAMILY_DEFINITIONS)
 FAMILY_LABELS = {f: "Transformer++ (Llama)" if d is None else d[2] for f, d in FAMILY_DEFINITIONS.items()}

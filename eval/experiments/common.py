@@ -552,9 +552,7 @@ def train_run(run: Run, settings: TrainSettings, study: str, *, device: str = "c
     def save_checkpoint(path: Path = ckpt_path) -> None:
         _save_atomic({**training_state(model, optimizer, scheduler, schedule), "rng": _rng_state(), "step": step,
                       "curve": curve, "train_losses": train_losses, "elapsed": elapsed, "eval_seconds": eval_seconds,
-                      "settings": dataclasses.asdict(settings),
-                      "run": dataclasses.asdict(run)},
-                     path)
+                      "settings": dataclasses.asdict(settings), "run": dataclasses.asdict(run)}, path)
 
     eval_every = max(1, settings.eval_every_tokens // settings.tokens_per_step)
     diverged_at = None
