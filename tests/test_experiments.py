@@ -471,6 +471,20 @@ def test_ablations_of_each_size_keep_the_base_count_where_they_say_so(capsys, tm
     assert f"no results of ablations_small under {tmp_path / 'ablations_small'}" in capsys.readouterr().out
 
 
+def test_committed_lm_comparison_results_are_the_runs_as_defined():
+    """Every committed result of the LM comparison names the config and overrides its run has now, so a table row
+    means what its run name says."""
+    import lm_comparison
+
+    results_root = Path(common.__file__).parent / "results"
+    folders = [results_root, *(folder for folder in results_root.iterdir() if folder.is_dir())]
+    results = [result for folder in folders for result in common.load_results(folder, "lm_comparison")]
+    assert len(results) >= 30
+    for result in results:
+        family, size = result["run"].split("@")[0].rsplit("-", 1)
+        assert (result["config_name"], result["overrides"]) == lm_comparison.family_config(family, size), result["run"]
+
+
 def test_committed_ablation_results_are_the_rows_as_defined():
     """Every committed result of the ablation study was trained from its row's current definition (config,
     overrides, outer-loop fields), so the tables mean what the rows say."""
