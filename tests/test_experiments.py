@@ -471,14 +471,20 @@ def test_ablations_of_each_size_keep_the_base_count_where_they_say_so(capsys, tm
     assert f"no results of ablations_small under {tmp_path / 'ablations_small'}" in capsys.readouterr().out
 
 
+def committed_results(study: str) -> list[dict]:
+    """Every committed result JSON of `study`, in `eval/experiments/results/` and each folder beside it (one per
+    setting: `cpu/`, `cpu-seed1/`, ...)."""
+    results_root = Path(common.__file__).parent / "results"
+    folders = [results_root, *(folder for folder in results_root.iterdir() if folder.is_dir())]
+    return [result for folder in folders for result in common.load_results(folder, study)]
+
+
 def test_committed_lm_comparison_results_are_the_runs_as_defined():
     """Every committed result of the LM comparison names the config and overrides its run has now, so a table row
     means what its run name says."""
     import lm_comparison
 
-    results_root = Path(common.__file__).parent / "results"
-    folders = [results_root, *(folder for folder in results_root.iterdir() if folder.is_dir())]
-    results = [result for folder in folders for result in common.load_results(folder, "lm_comparison")]
+    results = committed_results("lm_comparison")
     assert len(results) >= 30
     for result in results:
         family, size = result["run"].split("@")[0].rsplit("-", 1)
@@ -491,9 +497,7 @@ def test_committed_ablation_results_are_the_rows_as_defined():
     import ablations
 
     rows = {run.name: run for run in ablations.runs()}
-    results_root = Path(common.__file__).parent / "results"
-    folders = [results_root, *(folder for folder in results_root.iterdir() if folder.is_dir())]
-    results = [result for folder in folders for result in common.load_results(folder, "ablations")]
+    results = committed_results("ablations")
     assert len(results) >= 25
     for result in results:
         run = rows[result["run"]]
