@@ -3,10 +3,10 @@ and, with `--size small`, at ~6M (`hope-small`, 5M tokens: the study `ablations_
 
 Every row is the base's `modeling_configs/` file with a few `HopeConfig` fields overridden, trained on the
 same tokens in the same order with the same optimiser and schedule as every other row (`common.py`).
-Some rows change the parameter count (a static projection has fewer weights than a memory, a wider
-memory more); the table shows each row's count and its difference from `hope` (the base), so read
-those rows as "this design at its own size", not at equal parameters. Rows that only move width between
-CMS levels keep the count equal.
+Some rows change the parameter count (`OWN_COUNT_ROWS`: no α memory, static η/α, a narrower or wider memory); the
+table shows each row's count and its difference from `hope` (the base), so read those rows as "this design at its
+own size", not at equal parameters. Every other row keeps the base's count (rows that only move width between CMS
+levels, or take CMS levels of the width that restores it).
 
 Table 6 rows: w/o DGD (plain GD inner updates), w/o momentum, w/o weight decay (α ≡ 1), w/o CMS (one
 level as wide as the three), static k, static v, adaptive q; and static η/α (`adaptive_rates=False`) and a static
@@ -44,6 +44,9 @@ STUDY = "ablations"
 #: the LM comparison's larger size) writes its results as the study `ablations_small`.
 SIZES: dict[str, tuple[str, int]] = {"tiny": ("hope-tiny", 2_500_000), "small": ("hope-small", 5_000_000)}
 PERIODS = (1, 4, 16)     # the base's CMS: three levels of one width with these update periods
+#: the rows measured at their own parameter count (a design with fewer or more weights than the base, as the paper's
+#: rows are); every other row holds the base's count within 0.5% (tested)
+OWN_COUNT_ROWS = ("no-weight-decay", "static-rates", "expansion-1", "expansion-4")
 
 
 def _matched_cms(overrides: dict, base: dict, target: int) -> list[dict]:
