@@ -72,6 +72,8 @@ def rows(size: str = "tiny") -> dict[str, tuple[str, dict, dict]]:
     static_rates = {"adaptive_rates": False}
     static_kv = {"adaptive_k": False, "adaptive_v": False}
     static_rates_cms = _matched_cms(static_rates, base, target)
+    static_rates_r1 = {**static_rates, "memory_expansion": 1}
+    static_rates_r1_cms = _matched_cms(static_rates_r1, base, target)
 
     def levels(*widths_and_periods) -> dict:
         return {"cms_levels": common.cms_levels(widths_and_periods)}
@@ -108,6 +110,11 @@ def rows(size: str = "tiny") -> dict[str, tuple[str, dict, dict]]:
         f"static-rates-cms-{cms_width(static_rates_cms)}-c32": (
             f"static eta, alpha, CMS levels of {cms_width(static_rates_cms)}, C_o/C_m = 32/64",
             {**static_rates, "projection_chunk_size": 32, "cms_levels": static_rates_cms}, {}),
+        # the two cheapest switches together (static eta/alpha and r = 1: 0.54x the Llama's training tokens/s at the
+        # bench shape, against Hope's 0.25x, `hope-hf bench --variant`), at the base's parameter count
+        f"static-rates-r1-cms-{cms_width(static_rates_r1_cms)}": (
+            f"static eta, alpha, memory expansion r = 1, CMS levels of {cms_width(static_rates_r1_cms)}",
+            {**static_rates_r1, "cms_levels": static_rates_r1_cms}, {}),
         # beyond the paper: a static D x D map before the convolution, so each head's memories read all channels
         # (without it head i's memories see channels i*d..(i+1)*d only); narrower CMS levels pay for its weights
         "input-projection": (f"input projection W_x (CMS levels of {cms_width(input_projection_cms)})",
