@@ -17,7 +17,8 @@ instead of training the same model twice.
 Static η/α at the base's parameter count (CMS levels of 124 at tiny), alone and with C_o 32: the cheapest settings
 measured (`hope-hf bench --variant`), asked whether they keep the quality. At small a head's memories hold half the
 weights of a D × D matrix, so static k / static v / adaptive q take CMS levels that restore the base's count.
-Open knobs: memory expansion r (1, 4; base 2), the chunk sizes C_o/C_m (8/32, 16/16, 32/64, 32/128; base 16/64), CMS
+Static η/α with memory expansion r = 1 at the base's count: the two cheapest switches together.
+Open knobs: memory expansion r (1, 4; base 2; r = 1 also at the base's count), the chunk sizes C_o/C_m (8/32, 16/16, 32/64, 32/128; base 16/64), CMS
 levels and periods (2, 4 levels; periods all 1; 1/2/4; 1/4/16 with each level's outer learning rate multiplied by
 its period), the inner learning-rate range (eta_max, eta_init), eta_init 0.3 with static k and v (C_m 64 and 16: the
 setting that binds pairs in `associative_recall.py`; static k and v alone tells the two changes apart),
@@ -74,6 +75,7 @@ def rows(size: str = "tiny") -> dict[str, tuple[str, dict, dict]]:
     static_rates_cms = _matched_cms(static_rates, base, target)
     static_rates_r1 = {**static_rates, "memory_expansion": 1}
     static_rates_r1_cms = _matched_cms(static_rates_r1, base, target)
+    expansion_1_cms = _matched_cms({"memory_expansion": 1}, base, target)
 
     def levels(*widths_and_periods) -> dict:
         return {"cms_levels": common.cms_levels(widths_and_periods)}
@@ -122,6 +124,9 @@ def rows(size: str = "tiny") -> dict[str, tuple[str, dict, dict]]:
         # memory expansion r (h = r d)
         "expansion-1": ("memory expansion r = 1", {"memory_expansion": 1}, {}),
         "expansion-4": ("memory expansion r = 4", {"memory_expansion": 4}, {}),
+        f"expansion-1-cms-{cms_width(expansion_1_cms)}": (
+            f"memory expansion r = 1, CMS levels of {cms_width(expansion_1_cms)}",
+            {"memory_expansion": 1, "cms_levels": expansion_1_cms}, {}),
         # chunk sizes C_o / C_m
         "chunks-8-32": ("chunks C_o/C_m = 8/32", {"projection_chunk_size": 8, "memory_chunk_size": 32}, {}),
         "chunks-16-16": ("chunks C_o/C_m = 16/16", {"memory_chunk_size": 16}, {}),
