@@ -18,11 +18,11 @@ Static η/α at the base's parameter count (CMS levels of 124 at tiny), alone an
 measured (`hope-hf bench --variant`), asked whether they keep the quality. At small a head's memories hold half the
 weights of a D × D matrix, so static k / static v / adaptive q take CMS levels that restore the base's count.
 Static η/α with memory expansion r = 1 at the base's count: the two cheapest switches together.
-Open knobs: memory expansion r (1, 4; base 2; r = 1 also at the base's count), the chunk sizes C_o/C_m (8/32, 16/16, 32/64, 32/128; base 16/64), CMS
-levels and periods (2, 4 levels; periods all 1; 1/2/4; 1/4/16 with each level's outer learning rate multiplied by
-its period), the inner learning-rate range (eta_max, eta_init), eta_init 0.3 with static k and v (C_m 64 and 16: the
-setting that binds pairs in `associative_recall.py`; static k and v alone tells the two changes apart),
-the retention-gate initialisation alpha_init (0.9, 0.99; base 0.999).
+Open knobs: memory expansion r (1, 4; base 2; r = 1 also at the base's count), the chunk sizes C_o/C_m (8/32, 16/16,
+32/64, 32/128; base 16/64), CMS levels and periods (2, 4 levels; periods all 1; 1/2/4; 1/4/16 with each level's outer
+learning rate multiplied by its period), the inner learning-rate range (eta_max, eta_init), eta_init 0.3 with static
+k and v (C_m 64 and 16: the setting that binds pairs in `associative_recall.py`; static k and v alone tells the two
+changes apart), the retention-gate initialisation alpha_init (0.9, 0.99; base 0.999).
 
     python eval/experiments/ablations.py --list                     # rows with parameter counts
     python eval/experiments/ablations.py --jobs 8 --max-minutes 9   # rerun the same command to continue
