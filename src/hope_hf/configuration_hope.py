@@ -68,13 +68,14 @@ class HopeConfig(PreTrainedConfig):
         normalize_values: l2-normalise v like k. The paper leaves v unnormalised; with self-generated
             targets `v̂ = M(v)` that diverges at initialisation (v grows, so the targets grow), so the
             default normalises it. `False` gives the literal form.
-        normalize_inner_step: the output-side matrix `B` of every memory takes the normalised step
-            `η_t e_t a_tᵀ / (1 + ‖a_t‖²)` (a = σ(A k), as the delta rule's unit keys do for `A`) instead of
-            the paper's `η_t e_t a_tᵀ`. The inner loss's curvature along `B` is `‖a‖² ≈ 0.35·h` at
-            initialisation, so the literal step diverges once `η_t‖a_t‖² > 2(1 + β)`: with `h = 64` a forward
-            at initialisation turns NaN for `η ≥ 0.3` (Titans-like, GD) or `η ≥ 0.9` (Hope, DGD), and
-            training that raises `η_t` reached NaN in all 4 Titans and 8 of 15 Hope runs on an H100 (`eval/experiments/results/`). `False`
-            gives the literal form.
+        normalize_inner_step: the error that drives both inner gradients is divided by `1 + c`,
+            `c = ‖a_t‖² + ‖B⁰ diag(σ'(z_t))‖²_F` (z = A⁰k, a = σ(z)), a bound of the inner loss's
+            Gauss-Newton curvature along the step (unit keys), so `∇_A` and `∇_B` both take the normalised
+            step instead of the paper's literal one. `c ≈ 0.35·h` at initialisation, and the literal step
+            diverges once `η_t·c > 2(1 + β)`: with `h = 64` a forward at initialisation turns NaN for
+            `η ≥ 0.3` (Titans-like, GD) or `η ≥ 0.9` (Hope, DGD), and training that raises `η_t` reached NaN
+            in all 4 Titans and 8 of 15 Hope runs on an H100 (`eval/experiments/results/`). `False` gives
+            the literal form.
         eta_max: upper bound of the inner learning rate `η_t = eta_max · sigmoid(·)`.
         eta_init: value of `η_t` at initialisation (sets the gate bias).
         alpha_init: value of the retention gate `α_t` at initialisation (sets the gate bias).
