@@ -10,6 +10,7 @@ training; `--list` prints them).
     sizes     tiny (~2M: modeling_configs/*-tiny.json), small (~6M: *-small.json)
     corpora   embedded (Python standard-library docstrings + language reference, built at run time) and
               the Rust documentation books (`make_corpus.py`; any other English text file works too)
+              (`make_man_corpus.py`: the manual pages, 5.1M tokens, one pass of the ~6M budget)
 
 Run names are `<family>-<size>@<corpus>`; results go to `results/lm_comparison/<run>.json`.
 
