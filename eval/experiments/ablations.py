@@ -17,7 +17,8 @@ instead of training the same model twice.
 Static η/α at the base's parameter count (CMS levels of 124 at tiny), alone and with C_o 32: the cheapest settings
 measured (`hope-hf bench --variant`), asked whether they keep the quality. At small a head's memories hold half the
 weights of a D × D matrix, so static k / static v / adaptive q take CMS levels that restore the base's count.
-Static η/α with memory expansion r = 1 at the base's count: the two cheapest switches together.
+Static η/α with memory expansion r = 1 at the base's count: the two cheapest switches together. r = 1 with C_o 32 at the
+base's count: the cheapest setting that keeps every mechanism of the paper.
 Open knobs: memory expansion r (1, 4; base 2; r = 1 also at the base's count), the chunk sizes C_o/C_m (8/32, 16/16,
 32/64, 32/128; base 16/64), CMS levels and periods (2, 4 levels; periods all 1; 1/2/4; 1/4/16 with each level's outer
 learning rate multiplied by its period), the inner learning-rate range (eta_max, eta_init), eta_init 0.3 with static
@@ -127,6 +128,11 @@ def rows(size: str = "tiny") -> dict[str, tuple[str, dict, dict]]:
         f"expansion-1-cms-{cms_width(expansion_1_cms)}": (
             f"memory expansion r = 1, CMS levels of {cms_width(expansion_1_cms)}",
             {"memory_expansion": 1, "cms_levels": expansion_1_cms}, {}),
+        # r = 1 with C_o 32, at the base's count: every one of the paper's mechanisms kept, the cheapest such setting
+        # measured (0.54x the Llama's training tokens/s at the bench shape under load, Hope 0.30x; session 15)
+        f"expansion-1-cms-{cms_width(expansion_1_cms)}-c32": (
+            f"memory expansion r = 1, CMS levels of {cms_width(expansion_1_cms)}, C_o/C_m = 32/64",
+            {"memory_expansion": 1, "projection_chunk_size": 32, "cms_levels": expansion_1_cms}, {}),
         # chunk sizes C_o / C_m
         "chunks-8-32": ("chunks C_o/C_m = 8/32", {"projection_chunk_size": 8, "memory_chunk_size": 32}, {}),
         "chunks-16-16": ("chunks C_o/C_m = 16/16", {"memory_chunk_size": 16}, {}),
