@@ -778,3 +778,44 @@ def test_recall_run_resumes_exactly_and_writes_its_result(tmp_path, monkeypatch,
     assert json.loads((tmp_path / "a" / ar.STUDY / f"{family}@toy.json").read_text())["held_out"] == whole["held_out"]
     table = ar.recall_table([whole])
     assert f"{whole['held_out']['accuracy']:.3f}" in table and ar.FAMILY_LABELS[family] in table
+
+
+def test_probes_write_what_they_print_as_json(corpus_file, dirs, tmp_path, monkeypatch, capsys):
+    """`probe_state.py --json` and `probe_recall.py --json` on a finished tiny run: every figure of the printed
+    tables is in the JSON, with the command that made it."""
+    import functools
+    import json
+
+    import probe_recall
+    import probe_state
+
+    run = common.Run(name="hope", config=hope_config(), data=str(corpus_file), label="Hope")
+    common.train_run(run, SETTINGS, "t", **dirs, log=lambda s: None)
+    monkeypatch.setitem(probe_state.STUDIES, "t", lambda: [run])
+    monkeypatch.setattr(common, "load_corpus", functools.partial(common.load_corpus, cache_dir=dirs["cache_dir"]))
+    state_args = ["--study", "t", "--run", "hope", "--checkpoint-dir", str(dirs["checkpoint_dir"]), "--length", "32",
+                  "--piece", "16", "--rows", "1", "--blocks", "3", "--block-size", "16", "--json",
+                  str(tmp_path / "state.json")]
+    assert probe_state.main(state_args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "state.json").read_text())
+    assert report["command"] == "python eval/experiments/probe_state.py " + " ".join(state_args)
+    assert (report["run"], report["step"], report["git_commit"]) == ("hope", "final", common.git_commit())
+    held_out = report["held_out"]
+    assert held_out["inner_loop_worth_nats"] == pytest.approx(
+        held_out["loss_without_writes"] - held_out["loss_with_writes"])
+    assert (f"{held_out['loss_with_writes']:.4f} as trained, {held_out['loss_without_writes']:.4f} with no memory "
+            "writes") in printed
+    assert [row["tokens"] for row in report["fast_weights"]["held-out text"]] == [16, 32]
+    assert len(report["rates"]) == 2 and len(report["loss_by_position"]["bins"]) == 1
+
+    recall_json = tmp_path / "recall.json"
+    assert probe_recall.main(["--study", "t", "--runs", "hope", "--checkpoint-dir", str(dirs["checkpoint_dir"]),
+                              "--lengths", "4", "8", "--passages", "2", "--json", str(recall_json)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    rows = json.loads(recall_json.read_text())["rows"]
+    assert [row["length"] for row in rows] == [4, 8] and len(printed) == 2 + 2 + 2       # header, 2 rows, "-> path"
+    for row, line in zip(rows, printed[2:4]):
+        assert f"| {row['copy_gain']:+.3f} | {row['second_accuracy']:.3f} | " \
+               f"{row['copy_gain_without_writes']:+.3f} |" in line
+        assert row["copy_gain"] == pytest.approx(row["loss_first"] - row["loss_second"])

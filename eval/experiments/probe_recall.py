@@ -14,7 +14,8 @@ little recall at this length, a repeated passage needs all of it.
 
     python eval/experiments/probe_recall.py --study lm_comparison \\
         --runs hope-tiny@rust_books titans-tiny@rust_books transformer-tiny@rust_books
-    python eval/experiments/probe_recall.py --study ablations --runs eta-init-0.1@embedded --lengths 64 128
+    python eval/experiments/probe_recall.py --study ablations --runs eta-init-0.1@embedded --lengths 64 128 \\
+        --json eval/experiments/results/cpu/probes/ablations/eta-init-0.1@embedded.recall.json    # also as JSON
 
 Each run's model is its finished model (`checkpoints/<study>/<run>.final/`, kept by the runner) or, with
 `--checkpoint` (one run), a training checkpoint (`<run>.pt` or `<run>.diverged.pt`).
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", nargs="+", type=int, default=[32, 64, 128], help="passage lengths L")
     parser.add_argument("--passages", type=int, default=64, help="held-out passages per length (default 64)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write every row printed to this JSON file (with the command, "
+                        "the git commit and the versions), to commit beside the results")
     args = parser.parse_args(argv)
     if min(args.lengths) < 2:
         raise SystemExit(f"--lengths must be >= 2, got {args.lengths}")
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown run(s) {unknown}; runs of {args.study}: {sorted(runs)}")
     if args.checkpoint is not None and len(args.runs) != 1:
         raise SystemExit(f"--checkpoint is one run's; got {len(args.runs)} runs")
+    rows = []
     print("| run | step | params | L | loss, first copy | loss, second copy | copy gain (nats) | accuracy, second copy "
           "| copy gain with no memory writes |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -101,13 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         for length in args.lengths:
             inputs = copy_inputs(text, length, args.passages)
             losses = copy_losses(model, inputs)
-            frozen = "–"
+            frozen, without = "–", None
             if self_modifying:
                 with probe_state.frozen_memories():
                     without = copy_losses(model, inputs)
                 frozen = f"{without['first'] - without['second']:+.3f}"
+            rows.append({"run": name, "step": step, "parameters": params, "length": length, "passages": args.passages,
+                         **{f"loss_{k}" if "accuracy" not in k else k: v for k, v in losses.items()},
+                         "copy_gain": losses["first"] - losses["second"],
+                         "copy_gain_without_writes": None if without is None else without["first"] - without["second"]})
             print(f"| {name} | {step} | {params:,} | {length} | {losses['first']:.3f} | {losses['second']:.3f} "
                   f"| {losses['first'] - losses['second']:+.3f} | {losses['second_accuracy']:.3f} | {frozen} |")
+    if args.json is not None:
+        probe_state.write_report(args.json, {"study": args.study, "rows": rows}, "probe_recall.py", argv)
     return 0
 
 

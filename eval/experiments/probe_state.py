@@ -10,6 +10,8 @@ two are the self-similar keys under which a chunk's inner steps add up). The cac
 full forward (`tests/test_generation.py`), so this is the state a full forward of that length would end in.
 
     python eval/experiments/probe_state.py --study lm_comparison --run hope-small@embedded            # final model
+    python eval/experiments/probe_state.py --study ablations --run expansion-1@embedded --length 1024 \\
+        --json eval/experiments/results/cpu/probes/ablations/expansion-1@embedded.state.json      # also as JSON
     python eval/experiments/probe_state.py --study lm_comparison --run titans-small@embedded \\
         --checkpoint eval/experiments/checkpoints/lm_comparison/titans-small@embedded.diverged.pt --length 4096
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import math
 import sys
 from pathlib import Path
@@ -190,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-size", type=int, default=common.TrainSettings().block_size,
                         help="tokens per block (default: the studies' training length)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write every figure printed to this JSON file (with the "
+                        "command, the git commit and the versions), to commit beside the results")
     args = parser.parse_args(argv)
     for name in ("length", "piece", "threads", "blocks", "block_size"):
         if getattr(args, name) < 1:
@@ -211,13 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {"held-out text": text[: args.length],
               "40 tokens repeated": text[:40].repeat(args.length // 40 + 1)[: args.length],
               "one token repeated": text[5:6].repeat(args.length)}
+    report = {"study": args.study, "run": args.run, "step": step, "checkpoint": None if args.checkpoint is None
+              else str(args.checkpoint), "fast_weights": {}}
     print(f"{args.run} (step {step}): largest fast weight per layer after each {args.piece} tokens")
     for label, ids in inputs.items():
         print(f"\n{label}:\n\n| tokens | finite logits | " + " | ".join(
             f"layer {i}" for i in range(model.config.num_hidden_layers)) + " |")
         print("|---:|---|" + "---:|" * model.config.num_hidden_layers)
+        report["fast_weights"][label] = []
         for tokens, finite, peaks in probe(model, ids[None], args.piece):
             print(f"| {tokens} | {'yes' if finite else 'no'} | " + " | ".join(f"{p:.2g}" for p in peaks) + " |")
+            report["fast_weights"][label].append({"tokens": tokens, "finite_logits": finite, "largest": peaks})
     blocks = corpus.blocks("validation", args.block_size)[: args.blocks]
     with_writes = common.evaluate(model, blocks, 16, torch.device("cpu"))
     with frozen_memories():
@@ -225,12 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nheld-out loss on {len(blocks)} blocks of {args.block_size} tokens: {with_writes:.4f} as trained, "
           f"{without:.4f} with no memory writes (every memory at its initial state): the inner loop is worth "
           f"{without - with_writes:+.4f} nats")
+    report["held_out"] = {"blocks": len(blocks), "block_size": args.block_size, "loss_with_writes": with_writes,
+                          "loss_without_writes": without, "inner_loop_worth_nats": without - with_writes}
     print(f"\nlearned rates on those blocks, per layer (every token and head; chunk step = sum of eta over a "
           f"main-memory chunk of {model.config.memory_chunk_size}; retention = product of alpha over a block):\n")
     print("| layer | eta mean | eta p90 | eta max | chunk step mean | chunk step max | 1 - alpha mean "
           "| block retention |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for i, row in enumerate(rate_statistics(model, blocks)):
+    report["rates"] = rate_statistics(model, blocks)
+    for i, row in enumerate(report["rates"]):
         print(f"| {i} | " + " | ".join(f"{row[key]:.3g}" for key in (
             "eta_mean", "eta_p90", "eta_max", "chunk_step_mean", "chunk_step_max", "forget_mean",
             "block_retention")) + " |")
@@ -243,7 +255,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nheld-out loss by position ({args.rows} rows of {args.length} tokens):\n")
         print("| " + " | ".join(f"{a}-{b}" for a, b in bins) + " |\n|" + "---:|" * len(bins))
         print("| " + " | ".join(f"{loss:.3f}" for loss in losses) + " |")
+        report["loss_by_position"] = {"rows": args.rows, "length": args.length,
+                                      "bins": [{"from": a, "to": b, "loss": loss} for (a, b), loss in zip(bins, losses)]}
+    if args.json is not None:
+        write_report(args.json, report, "probe_state.py", argv)
     return 0
+
+
+def write_report(path: Path, report: dict, script: str, argv: list[str] | None) -> None:
+    """A probe's figures as JSON, with what made them (the command line, git commit, versions and CPU)."""
+    import transformers
+
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    report = {**report, "command": " ".join(["python", f"eval/experiments/{script}", *arguments]),
+              "git_commit": common.git_commit(), "torch": torch.__version__, "transformers": transformers.__version__,
+              "device": common.device_name(torch.device("cpu"))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\n-> {path}")
 
 
 if __name__ == "__main__":
