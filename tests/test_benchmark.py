@@ -154,6 +154,8 @@ def test_step_peak_counts_parameters_optimizer_state_and_the_step_growth():
 def test_rows_hold_every_part_and_consistent_derived_figures(tiny_run):
     assert list(tiny_run["models"]) == ["hope", "titans", REFERENCE]
     assert tiny_run["peak_memory"] and tiny_run["matmul_peak_flops_alone"] > 0
+    assert tiny_run["load_average"]["start"] >= 0 and tiny_run["load_average"]["end"] >= 0      # Linux, macOS
+    assert tiny_run["machine"].endswith("1 threads, cpu")                               # as it ran
     # the peak's matmul took a turn in each of the 4 timed round robins (2 lengths × training, inference)
     assert len(tiny_run["matmul_peak_flops_by_round"]) == 4
     assert tiny_run["matmul_peak_flops"] == statistics.median(tiny_run["matmul_peak_flops_by_round"])
@@ -191,6 +193,8 @@ def test_report_prints_ratios_and_the_decoding_growth(tiny_run):
     assert "(1.00x)" in lines[-1]
     text = summary(tiny_run)
     assert "hope: decode latency at 40 / at 8 = " in text and "tokens per step: 16" in text
+    load = tiny_run["load_average"]
+    assert f"load average (1 min) at the start {load['start']:.2f}, at the end {load['end']:.2f}" in text
 
 
 def test_bench_rejects_bad_options(capsys):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
 import platform
 import statistics
 import sys
@@ -523,6 +524,7 @@ def run_bench(
         log(f"{s.name:{width}s} {count_parameters(s.model):>12,} parameters")
     # the matmul takes a turn in every training / inference round too, so the peak is measured under the load
     # the models see: each step's fraction of peak is against its own round's matmul
+    load_at_start = load_average()
     gemm, gemm_flops = matmul_step(device, dtype, matmul_size)
     alone = gemm_flops / time_round_robin({MATMUL: gemm}, 5, warmup=1)[MATMUL]
     log(f"matmul peak ({dtype}, {device.type}), alone: {alone / 1e9:.1f} GFLOP/s")
@@ -606,6 +608,7 @@ def run_bench(
         "memory_implementation": memory_implementation or "chunk",
         "variants": {v.name: {"family": v.family, "overrides": v.overrides} for v in variants},
         "matmul_peak_flops": peak, "matmul_peak_flops_alone": alone, "matmul_peak_flops_by_round": round_peaks,
+        "load_average": {"start": load_at_start, "end": load_average()},
         "peak_memory": memory,
         "models": {s.name: {"parameters": count_parameters(s.model), "config": s.config.to_diff_dict(),
                             "saved_activation_bytes_per_token": per_token.get(s.name)} for s in subjects},
@@ -653,6 +656,10 @@ def summary(result: dict) -> str:
              f"tokens per step: {result['tokens_per_step']} (batch = that // T, at least 1); medians of "
              f"{result['repeats']} steps after {result['warmup']} warm-up, {result['decode_steps']} decoding steps",
              f"peak memory: {result['peak_memory'] or 'not measured'}"]
+    load = result.get("load_average") or {}
+    if load.get("start") is not None and load.get("end") is not None:
+        lines.append(f"load average (1 min) at the start {load['start']:.2f}, at the end {load['end']:.2f} "
+                     f"(above the thread count, other work shared the machine: compare ratios, not rates)")
     saved = [f"{name} {m['saved_activation_bytes_per_token'] * 1024 / 2**20:.0f}" for name, m in result["models"].items()
              if m.get("saved_activation_bytes_per_token")]
     if saved:
@@ -670,11 +677,24 @@ def summary(result: dict) -> str:
 
 
 def machine_description(device: str | torch.device) -> str:
-    """Processor, thread count and device, for the record of a measurement."""
+    """Processor (its model name where `/proc/cpuinfo` gives it), thread count and device, for the record."""
     device = torch.device(device)
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, {platform.machine()} host"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, cpu"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = f"{names[0]} ({platform.machine()})" if names else cpu
+    return f"{cpu}, {torch.get_num_threads()} threads, cpu"
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable processes), where the OS reports one: above the bench's thread
+    count, other work was sharing the cores."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
 
 
 __all__ = ["FAMILIES", "MEMORY_SHARE", "PARTS", "REFERENCE", "Variant", "available_bytes", "bench_configs",
