@@ -27,6 +27,7 @@ import glob
 import hashlib
 import html
 import re
+from collections.abc import Iterable
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -107,26 +108,27 @@ def find_html_root() -> Path:
     return Path((stable or roots)[-1])
 
 
-def build(html_root: Path, output: Path) -> dict:
-    """Write the corpus; return its path, documents, characters and sha256."""
-    docs: list[str] = []
-    seen: set[str] = set()
-    for book in BOOKS:
-        path = html_root / book / "print.html"
-        if not path.is_file():
-            continue
-        for doc in book_documents(path):
-            if doc not in seen:
-                seen.add(doc)
-                docs.append(doc)
+def write_documents(docs: Iterable[str], output: Path) -> dict:
+    """Write `docs` as a corpus file (documents separated by a blank line, each exact duplicate after its first
+    dropped); return its path, documents, characters, bytes and sha256. An empty corpus is refused."""
+    docs = list(dict.fromkeys(docs))
     if not docs:
-        raise SystemExit(f"no book under {html_root} gave any text")
+        raise ValueError(f"no document to write to {output}")
     output.parent.mkdir(parents=True, exist_ok=True)
     text = "\n\n".join(docs) + "\n"
     output.write_text(text, encoding="utf-8")
     digest = hashlib.sha256(output.read_bytes()).hexdigest()
     return {"path": str(output), "documents": len(docs), "chars": len(text), "bytes": output.stat().st_size,
-            "sha256": digest, "html_root": str(html_root)}
+            "sha256": digest}
+
+
+def build(html_root: Path, output: Path) -> dict:
+    """Write the corpus; return its path, documents, characters and sha256."""
+    paths = [html_root / book / "print.html" for book in BOOKS]
+    docs = [doc for path in paths if path.is_file() for doc in book_documents(path)]
+    if not docs:
+        raise SystemExit(f"no book under {html_root} gave any text")
+    return {**write_documents(docs, output), "html_root": str(html_root)}
 
 
 def main(argv: list[str] | None = None) -> dict:

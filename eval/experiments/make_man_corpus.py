@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import re
 from pathlib import Path
+
+from make_corpus import write_documents
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = HERE / "data" / "man_pages.txt"
@@ -194,7 +195,8 @@ def page_paragraphs(source: str) -> list[str] | None:
                 current.append(plain_text(" ".join(macro_arguments(rest))))
                 end_paragraph()
             elif name == "IP":
-                tag = plain_text(macro_arguments(rest)[0]) if macro_arguments(rest) else ""
+                args = macro_arguments(rest)
+                tag = plain_text(args[0]) if args else ""
                 if tag.strip() and tag.strip() not in ("•", "-", "*", "o"):
                     current.append(tag)
             continue
@@ -236,26 +238,13 @@ def page_paths(man_root: Path, exclude_prefix: str) -> list[Path]:
 
 def build(man_root: Path, output: Path, exclude_prefix: str = "gcloud", min_chars: int = 200) -> dict:
     """Write the corpus; return its path, pages read, documents, characters and sha256."""
-    docs: list[str] = []
-    seen: set[str] = set()
     paths = page_paths(man_root, exclude_prefix)
-    for path in paths:
-        paragraphs = page_paragraphs(read_page(path))
-        if not paragraphs:
-            continue
-        doc = "\n".join(paragraphs)
-        if len(doc) >= min_chars and doc not in seen:
-            seen.add(doc)
-            docs.append(doc)
+    docs = ["\n".join(paragraphs) for paragraphs in map(page_paragraphs, map(read_page, paths)) if paragraphs]
+    docs = [doc for doc in docs if len(doc) >= min_chars]
     if not docs:
         raise SystemExit(f"no manual page under {man_root}/man[1-8] gave any text; pass --man-root, or use any "
                          "other English text file with --data PATH in the studies")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    text = "\n\n".join(docs) + "\n"
-    output.write_text(text, encoding="utf-8")
-    digest = hashlib.sha256(output.read_bytes()).hexdigest()
-    return {"path": str(output), "pages": len(paths), "documents": len(docs), "chars": len(text),
-            "bytes": output.stat().st_size, "sha256": digest, "man_root": str(man_root)}
+    return {**write_documents(docs, output), "pages": len(paths), "man_root": str(man_root)}
 
 
 def main(argv: list[str] | None = None) -> dict:
