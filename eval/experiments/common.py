@@ -427,14 +427,9 @@ def evaluate(model, blocks: torch.Tensor, batch_size: int, device: torch.device)
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from hope_hf.benchmark import cpu_model_name
+
+    cpu = cpu_model_name() or platform.processor() or platform.machine()
     return f"CPU: {cpu} ({torch.get_num_threads()} threads)"
 
 

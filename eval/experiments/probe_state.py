@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nheld-out loss by position ({args.rows} rows of {args.length} tokens):\n")
         print("| " + " | ".join(f"{a}-{b}" for a, b in bins) + " |\n|" + "---:|" * len(bins))
         print("| " + " | ".join(f"{loss:.3f}" for loss in losses) + " |")
-        report["loss_by_position"] = {"rows": args.rows, "length": args.length,
-                                      "bins": [{"from": a, "to": b, "loss": loss} for (a, b), loss in zip(bins, losses)]}
+        report["loss_by_position"] = {"rows": args.rows, "length": args.length, "bins": [
+            {"from": a, "to": b, "loss": loss} for (a, b), loss in zip(bins, losses, strict=True)]}
     if args.json is not None:
         write_report(args.json, report, "probe_state.py", argv)
     return 0
@@ -264,11 +264,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_report(path: Path, report: dict, script: str, argv: list[str] | None) -> None:
     """A probe's figures as JSON, with what made them (the command line, git commit, versions and CPU)."""
-    import transformers
-
     arguments = sys.argv[1:] if argv is None else list(argv)
     report = {**report, "command": " ".join(["python", f"eval/experiments/{script}", *arguments]),
-              "git_commit": common.git_commit(), "torch": torch.__version__, "transformers": transformers.__version__,
+              "git_commit": common.git_commit(), "torch": torch.__version__,
+              "transformers": common._transformers_version(),
               "device": common.device_name(torch.device("cpu"))}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")

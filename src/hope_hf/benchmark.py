@@ -681,11 +681,19 @@ def machine_description(device: str | torch.device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, {platform.machine()} host"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = f"{names[0]} ({platform.machine()})" if names else cpu
+    name = cpu_model_name()
+    cpu = f"{name} ({platform.machine()})" if name else platform.processor() or platform.machine()
     return f"{cpu}, {torch.get_num_threads()} threads, cpu"
+
+
+def cpu_model_name() -> str | None:
+    """The processor's model name from `/proc/cpuinfo` (Linux; `None` where there is none)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return None
 
 
 def load_average() -> float | None:
@@ -698,5 +706,6 @@ def load_average() -> float | None:
 
 
 __all__ = ["FAMILIES", "MEMORY_SHARE", "PARTS", "REFERENCE", "Variant", "available_bytes", "bench_configs",
-           "cache_bytes", "family_config", "markdown_table", "matmul_peak", "matmul_step", "measure_decode",
-           "named_configs", "run_bench", "saved_activation_bytes", "step_peak_mib", "summary", "time_round_robin"]
+           "cache_bytes", "cpu_model_name", "family_config", "markdown_table", "matmul_peak", "matmul_step",
+           "measure_decode", "named_configs", "run_bench", "saved_activation_bytes", "step_peak_mib", "summary",
+           "time_round_robin"]
