@@ -19,8 +19,8 @@ def main() -> None:
     length, implementation = int(sys.argv[1]), sys.argv[2]
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = HopeConfig(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_heads=4,
-                        memory_implementation=implementation)
+    config = HopeConfig(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_heads=4, memory_expansion=2,
+                        memory_implementation=implementation)       # r = 2: the setting the README's figures measured
     model = HopeForCausalLM(config)
     ids = torch.randint(0, 8192, (1, length))
 

@@ -39,7 +39,7 @@ VOCAB = VALUE0 + NUM_KEYS
 def model_config(mixer: str) -> HopeConfig:
     extra = {"mixer": "attention"} if mixer == "attention" else {}
     return HopeConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_heads=4, projection_chunk_size=8,
-                      memory_chunk_size=16, pad_token_id=0, max_position_embeddings=2048,
+                      memory_chunk_size=16, memory_expansion=2, pad_token_id=0, max_position_embeddings=2048,
                       cms_levels=[{"intermediate_size": 96, "update_period": 1},
                                   {"intermediate_size": 64, "update_period": 1}], **extra)
 

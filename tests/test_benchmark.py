@@ -44,13 +44,15 @@ def tiny_run():
 
 
 def test_every_model_holds_the_same_parameter_count():
-    configs = bench_configs(["hope", "hope-attention", "titans", "hope-gd", "hope-no-cms"], hidden_size=64,
+    configs = bench_configs(["hope", "hope-attention", "titans", "hope-gd", "hope-no-cms", "hope-r2"], hidden_size=64,
                             layers=2, heads=4, vocab_size=512, max_position_embeddings=1024)
     assert list(configs)[-1] == REFERENCE and isinstance(configs[REFERENCE], LlamaConfig)
     counts = {name: sum(p.numel() for p in build_model(c).parameters()) for name, c in configs.items()}
     for name, count in counts.items():
-        assert count == pytest.approx(counts["hope"], rel=0.01), (name, counts)
-    assert configs["hope"].cms_levels[0]["intermediate_size"] == 64          # the HopeConfig default CMS
+        assert count == pytest.approx(counts["hope-r2"], rel=0.01), (name, counts)
+    # the count is r = 2's with the HopeConfig default CMS (width D); r = 1 (hope) takes wider levels to hold it
+    assert (configs["hope-r2"].memory_expansion, configs["hope-r2"].cms_levels[0]["intermediate_size"]) == (2, 64)
+    assert configs["hope"].memory_expansion == 1 and configs["hope"].cms_levels[0]["intermediate_size"] > 64
 
 
 def test_a_family_keeps_its_switches_at_the_bench_shape():

@@ -14,7 +14,7 @@ def test_defaults_and_derived_sizes():
     config = HopeConfig(hidden_size=64, num_heads=4)
     assert config.model_type == "hope"
     assert config.head_dim == 16
-    assert config.memory_hidden_size == 32
+    assert config.memory_expansion == 1 and config.memory_hidden_size == 16      # r = 1 (README, Results)
     assert config.num_attention_heads == 4 and config.num_key_value_heads == 4
     assert config.memory_names == ("k", "v", "eta", "alpha", "mem")
     assert config.cms_levels == default_cms_levels(64)

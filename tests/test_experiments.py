@@ -447,7 +447,7 @@ def test_variant_studies_list_their_rows_from_the_command(capsys):
 def test_ablations_of_each_size_keep_the_base_count_where_they_say_so(capsys, tmp_path):
     import ablations
 
-    for size, base in (("tiny", "hope-tiny"), ("small", "hope-small")):
+    for size, base in (("tiny", "hope-r2-tiny"), ("small", "hope-r2-small")):        # common.STUDY_HOPE
         runs = {run.name.split("@")[0]: run for run in ablations.runs(size=size)}
         counts = {name: meta_parameter_count(common.build_config(run)) for name, run in runs.items()}
         assert runs["hope"].config == base and runs["hope"].tokens == ablations.SIZES[size][1]
@@ -457,7 +457,7 @@ def test_ablations_of_each_size_keep_the_base_count_where_they_say_so(capsys, tm
         for name in runs:
             keeps_count = counts[name] == pytest.approx(counts["hope"], rel=0.005)
             assert keeps_count == (name not in ablations.OWN_COUNT_ROWS), (size, name, counts[name], counts["hope"])
-    # tiny: a head's memories hold as many weights as a D x D matrix, so static k is hope-tiny with adaptive_k off
+    # tiny: a head's memories hold as many weights as a D x D matrix, so static k is the base with adaptive_k off
     tiny, small = ablations.rows("tiny"), ablations.rows("small")
     assert tiny["static-k"] == ("static k", {"adaptive_k": False}, {})
     assert small["static-k"][0] == "static k (CMS levels of 114)" and "cms_levels" in small["static-k"][1]
@@ -479,31 +479,78 @@ def committed_results(study: str) -> list[dict]:
     return [result for folder in folders for result in common.load_results(folder, study)]
 
 
+def assert_trains(config, result: dict) -> None:
+    """`result` (a committed result JSON) was trained with `config`, field by field (`common.config_differences`): a
+    row means what its definition builds now, not only what its config is named (the shipped files may move)."""
+    assert common.config_differences(config, result["config"]) == [], result["run"]
+
+
+def test_config_differences_compare_the_full_config_with_missing_fields_at_their_default():
+    from hope_hf import HopeConfig
+
+    config = HopeConfig(**tiny_config_kwargs(vocab_size=VOCAB))
+    saved = json.loads(config.to_json_string(use_diff=False))
+    assert common.config_differences(config, saved) == []
+    assert common.config_differences(config, {**saved, "memory_implementation": "compiled"}) == []   # not the training
+    assert common.config_differences(config, {**saved, "memory_expansion": 3}) == ["memory_expansion"]
+    older = {k: v for k, v in saved.items() if k != "input_projection"}       # a field added after the result
+    assert common.config_differences(config, older) == []
+    assert common.config_differences(HopeConfig(**{**saved, "input_projection": True}), older) == ["input_projection"]
+    assert common.config_differences(config, {**saved, "removed_field": 1}) == ["removed_field"]
+
+
 def test_committed_lm_comparison_results_are_the_runs_as_defined():
-    """Every committed result of the LM comparison names the config and overrides its run has now, so a table row
-    means what its run name says."""
+    """Every committed result of the LM comparison was trained with the config its run builds now."""
     import lm_comparison
 
     results = committed_results("lm_comparison")
     assert len(results) >= 30
     for result in results:
         family, size = result["run"].split("@")[0].rsplit("-", 1)
-        assert (result["config_name"], result["overrides"]) == lm_comparison.family_config(family, size), result["run"]
+        config_name, overrides = lm_comparison.family_config(family, size)
+        assert_trains(common.build_config(common.Run(name=result["run"], config=config_name, overrides=overrides)),
+                      result)
 
 
-def test_committed_ablation_results_are_the_rows_as_defined():
-    """Every committed result of the ablation study was trained from its row's current definition (config,
-    overrides, outer-loop fields), so the tables mean what the rows say."""
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_committed_ablation_results_are_the_rows_as_defined(size):
+    """Every committed result of the ablation study (`ablations_small` at ~6M) was trained from its row's current
+    definition (the full config, the outer-loop fields), so the tables mean what the rows say."""
     import ablations
 
-    rows = {run.name: run for run in ablations.runs()}
-    results = committed_results("ablations")
-    assert len(results) >= 25
+    rows = {run.name: run for run in ablations.runs(size=size)}
+    results = committed_results("ablations" if size == "tiny" else "ablations_small")
+    assert len(results) >= (25 if size == "tiny" else 3)
     for result in results:
         run = rows[result["run"]]
+        assert_trains(common.build_config(run), result)
         # `level_lr_scale` came after the first results: absent means the default, None
-        assert (result["config_name"], result["overrides"], result.get("level_lr_scale")) == (
-            run.config, run.overrides, run.level_lr_scale), result["run"]
+        assert result.get("level_lr_scale") == run.level_lr_scale, result["run"]
+
+
+def test_committed_recall_results_are_the_families_as_defined():
+    import associative_recall
+
+    results = committed_results("associative_recall")
+    assert len(results) >= 30
+    for result in results:
+        family, task = result["run"].split("@")
+        assert_trains(associative_recall.family_config(family, associative_recall.TASKS[task].vocab_size), result)
+
+
+def test_shipped_hope_is_the_ablation_row_it_was_chosen_from():
+    """`hope-tiny` / `hope-small` are the ablation rows of memory expansion r = 1 at the base's count (the setting
+    the studies chose), and the studies' base `hope-r2-*` differs from them only there."""
+    import ablations
+    from hope_hf.model_configs import load_config
+
+    for size, row in (("tiny", "expansion-1-cms-132"), ("small", "expansion-1-cms-164")):
+        run = {run.name: run for run in ablations.runs(size=size)}[f"{row}@embedded"]
+        shipped = load_config(f"hope-{size}")
+        saved = [json.loads(config.to_json_string(use_diff=False))          # as a result JSON holds a config
+                 for config in (common.build_config(run), load_config(common.STUDY_HOPE[size]))]
+        assert common.config_differences(shipped, saved[0]) == [], size
+        assert common.config_differences(shipped, saved[1]) == ["cms_levels", "memory_expansion"], size
 
 
 def test_seed_spread_table_compares_the_same_training_across_seeds(corpus_file, dirs, tmp_path, capsys):

@@ -318,3 +318,33 @@ def test_input_projection_starts_as_the_model_without_it():
         mixed.model.layers[0].mixer.input_proj.weight.mul_(0.5)
     assert (mixed(x).logits - plain(x).logits).abs().max() > 1e-4
 
+
+
+ATTENTION_IGNORES = {"memory_expansion": 3, "projection_chunk_size": 2, "memory_chunk_size": 16, "conv_window": 2,
+                     "input_projection": True, "inner_optimizer": "gd", "inner_momentum": False, "adaptive_q": True,
+                     "adaptive_k": False, "adaptive_v": False, "adaptive_rates": False, "inner_weight_decay": False,
+                     "normalize_values": False, "normalize_inner_step": False, "eta_max": 0.5, "eta_init": 0.2,
+                     "alpha_init": 0.9, "alpha_min": 0.5, "momentum_init": 0.9, "memory_implementation": "naive",
+                     "memory_checkpoint_chunks": 2}
+
+
+def test_hope_attention_reads_none_of_the_self_modifying_fields():
+    """`SELF_MODIFYING_FIELDS` (the studies compare Hope-Attention configs without them): each set to another valid
+    value builds the same weights and the same logits."""
+    from hope_hf.configuration_hope import SELF_MODIFYING_FIELDS
+
+    assert set(ATTENTION_IGNORES) == set(SELF_MODIFYING_FIELDS)
+    def attention(**overrides) -> HopeForCausalLM:
+        torch.manual_seed(0)
+        return HopeForCausalLM(HopeConfig(**tiny_config_kwargs(**VARIANTS["hope-attention"], **overrides))).eval()
+
+    reference = attention()
+    x = ids()
+    expected = reference(x).logits
+    for field, value in ATTENTION_IGNORES.items():
+        model = attention(**{field: value})
+        assert getattr(model.config, field) == value != getattr(reference.config, field), field
+        state, reference_state = model.state_dict(), reference.state_dict()
+        assert state.keys() == reference_state.keys(), field
+        assert all(torch.equal(state[k], reference_state[k]) for k in state), field
+        torch.testing.assert_close(model(x).logits, expected, rtol=0, atol=0, msg=field)

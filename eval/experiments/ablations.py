@@ -1,5 +1,7 @@
-"""The paper's ablation (Table 6) and the knobs it leaves open, on Hope at the ~2M size (`hope-tiny`, 2.5M tokens)
-and, with `--size small`, at ~6M (`hope-small`, 5M tokens: the study `ablations_small`, its own results folder).
+"""The paper's ablation (Table 6) and the knobs it leaves open, on Hope at the ~2M size (`hope-r2-tiny`, 2.5M tokens)
+and, with `--size small`, at ~6M (`hope-r2-small`, 5M tokens: the study `ablations_small`, its own results folder).
+The base is the studies' Hope, memory expansion r = 2 (`common.STUDY_HOPE`); the shipped `hope-tiny` / `hope-small`
+are this study's rows `expansion-1-cms-132` / `expansion-1-cms-164` (r = 1 at the base's count), its finding.
 
 Every row is the base's `modeling_configs/` file with a few `HopeConfig` fields overridden, trained on the
 same tokens in the same order with the same optimiser and schedule as every other row (`common.py`).
@@ -44,7 +46,8 @@ from hope_hf.baselines import cms_width_for, meta_parameter_count, with_cms_widt
 STUDY = "ablations"
 #: size → (the base's modeling config, training tokens of every row). `tiny` (~2M) is the study so far; `small` (~6M,
 #: the LM comparison's larger size) writes its results as the study `ablations_small`.
-SIZES: dict[str, tuple[str, int]] = {"tiny": ("hope-tiny", 2_500_000), "small": ("hope-small", 5_000_000)}
+SIZES: dict[str, tuple[str, int]] = {size: (common.STUDY_HOPE[size], tokens)
+                                     for size, tokens in (("tiny", 2_500_000), ("small", 5_000_000))}
 PERIODS = (1, 4, 16)     # the base's CMS: three levels of one width with these update periods
 #: the rows measured at their own parameter count (a design with fewer or more weights than the base, as the paper's
 #: rows are); every other row holds the base's count within 0.5% (tested)
@@ -174,9 +177,9 @@ def runs(data: str = "embedded", size: str = "tiny") -> list[common.Run]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.variants_main(STUDY, {size: base for size, (base, _) in SIZES.items()},
-                                "Hope ablations ({base}): validation loss vs training tokens", runs, __doc__, argv,
-                                __file__)
+    return common.variants_main(STUDY, {size: f"hope-{size}" for size in SIZES},      # the LM comparison's Hope runs
+                                "Hope (r = 2) ablations ({base}): validation loss vs training tokens", runs, __doc__,
+                                argv, __file__)
 
 
 if __name__ == "__main__":

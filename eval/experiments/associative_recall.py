@@ -176,18 +176,19 @@ def recall_scores(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_si
 SHAPE = {"hidden_size": 64, "num_hidden_layers": 2}
 HOPE_SHAPE = {**SHAPE, "num_heads": 2, "num_key_value_heads": 2}
 STATIC_KV = {"adaptive_k": False, "adaptive_v": False}     # Hope's k and v as static projections (as in Titans)
+HOPE = common.STUDY_HOPE["tiny"]    # the studies' Hope (memory expansion r = 2): the design of every hope-* family
 #: family → (modeling config its design comes from, overrides, label); `None`: the Llama matched to Hope. The inner
 #: learning rate at initialisation is the shipped `eta_init` (0.03) unless the name says otherwise.
 FAMILY_DEFINITIONS: dict[str, tuple[str, dict, str] | None] = {
-    "hope": ("hope-tiny", {}, "Hope (C_o/C_m 16/64)"),
-    "hope-c16": ("hope-tiny", {"memory_chunk_size": 16}, "Hope, C_m = 16"),
+    "hope": (HOPE, {}, "Hope (C_o/C_m 16/64)"),
+    "hope-c16": (HOPE, {"memory_chunk_size": 16}, "Hope, C_m = 16"),
     "titans": ("titans-tiny", {}, "Titans ablation (C_m 16)"),
     "titans-c64": ("titans-tiny", {"memory_chunk_size": 64}, "Titans ablation, C_m = 64"),
     "hope-attention": ("hope-attention-tiny", {}, "Hope-Attention"),
     "transformer": None,
     # the inner learning rate at initialisation (eta_max stays 1)
-    "hope-eta-0.3": ("hope-tiny", {"eta_init": 0.3}, "Hope, eta_init 0.3"),
-    "hope-c16-eta-0.3": ("hope-tiny", {"memory_chunk_size": 16, "eta_init": 0.3}, "Hope, C_m = 16, eta_init 0.3"),
+    "hope-eta-0.3": (HOPE, {"eta_init": 0.3}, "Hope, eta_init 0.3"),
+    "hope-c16-eta-0.3": (HOPE, {"memory_chunk_size": 16, "eta_init": 0.3}, "Hope, C_m = 16, eta_init 0.3"),
     "titans-eta-0.1": ("titans-tiny", {"eta_init": 0.1}, "Titans ablation, eta_init 0.1"),
     "titans-eta-0.3": ("titans-tiny", {"eta_init": 0.3}, "Titans ablation, eta_init 0.3"),
     "titans-c64-eta-0.3": ("titans-tiny", {"memory_chunk_size": 64, "eta_init": 0.3},
@@ -197,11 +198,11 @@ FAMILY_DEFINITIONS: dict[str, tuple[str, dict, str] | None] = {
                            "Titans ablation, eta_init 0.3, DGD"),
     "titans-eta-0.3-adaptive-kv": ("titans-tiny", {"eta_init": 0.3, "adaptive_k": True, "adaptive_v": True},
                                    "Titans ablation, eta_init 0.3, k and v memories"),
-    "hope-c16-eta-0.3-static-kv": ("hope-tiny", {"memory_chunk_size": 16, "eta_init": 0.3, **STATIC_KV},
+    "hope-c16-eta-0.3-static-kv": (HOPE, {"memory_chunk_size": 16, "eta_init": 0.3, **STATIC_KV},
                                    "Hope, C_m = 16, eta_init 0.3, static k and v"),
     # the ablation study's LM rows of the same setting at the shipped C_m 64, and their control at the shipped eta_init
-    "hope-eta-0.3-static-kv": ("hope-tiny", {"eta_init": 0.3, **STATIC_KV}, "Hope, eta_init 0.3, static k and v"),
-    "hope-static-kv": ("hope-tiny", STATIC_KV, "Hope, static k and v"),
+    "hope-eta-0.3-static-kv": (HOPE, {"eta_init": 0.3, **STATIC_KV}, "Hope, eta_init 0.3, static k and v"),
+    "hope-static-kv": (HOPE, STATIC_KV, "Hope, static k and v"),
 }
 FAMILIES = tuple(FAMILY_DEFINITIONS)
 FAMILY_LABELS = {f: "Transformer++ (Llama)" if d is None else d[2] for f, d in FAMILY_DEFINITIONS.items()}
@@ -215,7 +216,7 @@ def family_config(family: str, vocab_size: int):
         return common.build_config(common.Run(name=family, config=name,
                                               overrides={**HOPE_SHAPE, "vocab_size": vocab_size, **overrides}))
 
-    hope = hope_like("hope-tiny", {})
+    hope = hope_like(HOPE, {})
     if FAMILY_DEFINITIONS[family] is None:
         return matched_llama_config(hope)
     name, overrides, _ = FAMILY_DEFINITIONS[family]

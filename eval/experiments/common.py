@@ -69,6 +69,12 @@ CORPUS_VERSION = 1
 HELD_OUT_EVERY = 20
 #: Parameter counts of the models compared in one table must agree within this fraction.
 PARAM_TOLERANCE = 0.03
+#: The Hope the studies train, by size: memory expansion r = 2 (`modeling_configs/hope-r2-*`), the shipped default
+#: until the ablation study's r = 1 row replaced it (`hope-tiny` / `hope-small` are now that row's setting: r = 1 at
+#: the same parameter count). The studies name these files, not the shipped ones, so that every committed result
+#: stays the run its row defines when the shipped defaults move. Their runs keep their names (`hope-tiny@embedded`,
+#: the ablations' `hope@embedded`): in the studies `hope` means this configuration.
+STUDY_HOPE = {"tiny": "hope-r2-tiny", "small": "hope-r2-small"}
 #: Exit status of a run stopped by its `--max-minutes` budget (checkpoint written, no result yet).
 EXIT_INTERRUPTED = 3
 #: Wall-clock minutes between checkpoints of a run (besides every `checkpoint_every` steps), so that a machine that
@@ -658,6 +664,25 @@ def _training(config: dict, cache_key: str | None, settings: dict, dtype: str | 
             "CMS learning rates": level_lr_scale}
 
 
+def config_differences(config, saved: dict) -> list[str]:
+    """The fields in which `config` (a `HopeConfig` / `LlamaConfig`) trains another model than `saved` (a result's
+    `"config"`), the fields that do not change the training aside (`_NOT_THE_TRAINING`). A field `saved` lacks (added
+    to the config class after the result was written, with a default that keeps the earlier behaviour) counts as
+    equal when `config` holds that field's default. Of two Hope-Attention configs, the fields only the self-modifying
+    mixer reads (`SELF_MODIFYING_FIELDS`) are not compared."""
+    from hope_hf.configuration_hope import SELF_MODIFYING_FIELDS
+
+    mine = json.loads(config.to_json_string(use_diff=False))
+    ignored = set(_NOT_THE_TRAINING)
+    if mine.get("model_type") == "hope" and mine.get("mixer") == saved.get("mixer") == "attention":
+        ignored |= set(SELF_MODIFYING_FIELDS)
+    mine = {k: v for k, v in mine.items() if k not in ignored}
+    defaults = json.loads(type(config)().to_json_string(use_diff=False))
+    theirs = {k: v for k, v in saved.items() if k not in ignored}
+    return sorted(k for k in set(mine) | set(theirs)
+                  if theirs.get(k, defaults.get(k)) != mine.get(k) or (k not in mine))
+
+
 def _training_of_result(result: dict) -> dict[str, Any]:
     """`_training` of a result JSON."""
     return _training(result["config"], result["data"].get("cache_key"), result["settings"], result.get("dtype"),
@@ -691,7 +716,9 @@ def adopt_identical_result(run: Run, settings: TrainSettings, study: str, source
                      json.loads(json.dumps(dataclasses.asdict(settings))),      # tuples as lists, as in the JSON
                      _dtype_name(torch.device(device)), run.level_lr_scale)
     theirs = _training_of_result(other)
-    differences = [name for name in mine if mine[name] != theirs[name]]
+    differences = [name for name in mine if name != "config" and mine[name] != theirs[name]]
+    if config_differences(config, other["config"]):
+        differences.insert(0, "config")
     if differences:
         log(f"[{run.name}] {source} is not the same training ({', '.join(differences)} differ): training it")
         return None
@@ -1118,9 +1145,10 @@ def variants_main(study: str, base: str | dict[str, str], title: str, runs_of_co
     corpus, `runs_of_corpus(data)` gives the runs, the first being the base: the LM comparison's run of config `base`
     on that corpus, whose result is taken when it is the same training (`adopt_identical_result`).
 
-    `base` may map sizes to base configs (`{"tiny": "hope-tiny", "small": "hope-small"}`): the command then takes
-    `--size` (default the first), the runs are `runs_of_corpus(data, size)` and a size other than the first is the
-    study `<study>_<size>` (its own results and checkpoints folder). `title` may hold `{base}`."""
+    `base` names the base's run in the LM comparison (`<family>-<size>`, e.g. `hope-attention-tiny`) and may map
+    sizes to them (`{"tiny": "hope-tiny", "small": "hope-small"}`): the command then takes `--size` (default the
+    first), the runs are `runs_of_corpus(data, size)` and a size other than the first is the study `<study>_<size>`
+    (its own results and checkpoints folder). `title` may hold `{base}`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = base_parser(doc)
     parser.add_argument("--data", default="embedded", help="'embedded' or the path of a text file / folder")
@@ -1143,7 +1171,8 @@ def variants_main(study: str, base: str | dict[str, str], title: str, runs_of_co
 
 __all__ = [
     "Corpus", "Run", "TrainSettings", "base_parser", "batch_indices", "build_config", "check_parameter_match",
-    "adopt_identical_result", "cms_levels", "count_parameters", "evaluate", "load_corpus", "load_results", "main",
+    "adopt_identical_result", "cms_levels", "config_differences", "count_parameters", "evaluate", "load_corpus",
+    "load_results", "main",
     "markdown_table", "parameter_report", "plot_curves", "progress_table", "read_documents", "run_progress",
     "seed_spread_table", "split_documents", "train_run", "variants_main",
 ]

@@ -5,9 +5,11 @@ sizes on two corpora, every model of a (size, corpus) cell trained on the same t
 the same AdamW, LR schedule and seed (`common.py`), parameter counts matched within 3% (checked before
 training; `--list` prints them).
 
-    families  hope, hope-attention, titans (the Titans ablation config), transformer (Llama), and
-              titans-bounded: the Titans ablation with eta_max = 2 / C_m (see `BOUNDED_CHUNK_STEP`)
-    sizes     tiny (~2M: modeling_configs/*-tiny.json), small (~6M: *-small.json)
+    families  hope, hope-attention, titans (the Titans ablation config), transformer (Llama),
+              titans-bounded: the Titans ablation with eta_max = 2 / C_m (see `BOUNDED_CHUNK_STEP`), and
+              hope-r1: the shipped `hope-*` (memory expansion r = 1; `hope` is the studies' r = 2)
+    sizes     tiny (~2M: modeling_configs/*-tiny.json), small (~6M: *-small.json); hope is
+              `common.STUDY_HOPE` (hope-r2-*: memory expansion r = 2, the studies' Hope)
     corpora   embedded (Python standard-library docstrings + language reference, built at run time) and
               the Rust documentation books (`make_corpus.py`; any other English text file works too)
               (`make_man_corpus.py`: the manual pages, 5.1M tokens, one pass of the ~6M budget)
@@ -33,8 +35,9 @@ import common  # noqa: E402
 from make_corpus import DEFAULT_OUTPUT as BOOKS_CORPUS  # noqa: E402
 
 STUDY = "lm_comparison"
-FAMILIES = ("hope", "hope-attention", "titans", "titans-bounded", "transformer")
-FAMILY_LABELS = {"hope": "Hope (self-modifying Titans + CMS)", "hope-attention": "Hope-Attention (softmax + CMS)",
+FAMILIES = ("hope", "hope-attention", "titans", "titans-bounded", "transformer", "hope-r1")
+FAMILY_LABELS = {"hope": "Hope, r = 2 (self-modifying Titans + CMS)", "hope-r1": "Hope, r = 1 (the shipped hope-*)",
+                 "hope-attention": "Hope-Attention (softmax + CMS)",
                  "titans": "Titans ablation (static projections, GD, 1 MLP)",
                  "titans-bounded": "Titans ablation, eta_max = 2 / C_m",
                  "transformer": "Transformer++ (Llama)"}
@@ -52,7 +55,11 @@ DEFAULT_CORPORA = ("embedded", str(BOOKS_CORPUS))
 
 
 def family_config(family: str, size: str) -> tuple[str, dict]:
-    """The `modeling_configs` name and the overrides of a family at a size."""
+    """The `modeling_configs` name and the overrides of a family at a size (`hope`: `common.STUDY_HOPE`)."""
+    if family == "hope":
+        return common.STUDY_HOPE[size], {}
+    if family == "hope-r1":                   # the shipped default: memory expansion r = 1 at hope-r2's count
+        return f"hope-{size}", {}
     if family == "titans-bounded":
         from hope_hf.model_configs import load_config
 

@@ -54,8 +54,12 @@ from .modeling_hope import HopeForCausalLM, cache_argument, output_cache
 REFERENCE = "llama"
 #: The key of the matmul that takes a turn in every timed round.
 MATMUL = "matmul"
-#: Families that `--models` accepts: those with a `modeling_configs/<family>-tiny.json`.
-FAMILIES = ("hope", "hope-attention", "titans", "hope-gd", "hope-no-cms")
+#: Families that `--models` accepts: those with a `modeling_configs/<family>-tiny.json` (`hope-r2`: Hope with memory
+#: expansion r = 2, the default until session 16).
+FAMILIES = ("hope", "hope-attention", "titans", "hope-gd", "hope-no-cms", "hope-r2")
+#: The family whose parameter count (at the bench shape, default CMS levels) every model of a run holds: r = 2's,
+#: the count of every bench run so far (r = 1 then takes wider CMS levels, as in `modeling_configs/hope-*`).
+COUNT_FAMILY = "hope-r2"
 #: What a run can measure.
 PARTS = ("train", "infer", "decode", "memory")
 
@@ -139,7 +143,7 @@ def bench_configs(families: Sequence[str], *, hidden_size: int = 256, layers: in
     """The configurations of a run: each family in `families`, each of `variants`, then the Llama, all with one
     parameter count.
 
-    The count is that of `hope` at this shape with the default CMS (`HopeConfig` default levels).
+    The count is that of `COUNT_FAMILY` at this shape with the default CMS (`HopeConfig` default levels).
 
     Raises:
         ValueError: a variant named like a family, the Llama or another variant, or one `family_config` refuses.
@@ -152,7 +156,7 @@ def bench_configs(families: Sequence[str], *, hidden_size: int = 256, layers: in
             raise ValueError(f"variant name {variant.name!r} is taken (families {FAMILIES}, {REFERENCE!r}, "
                              "other variants)")
         names.append(variant.name)
-    reference = family_config("hope", **shape)
+    reference = family_config(COUNT_FAMILY, **shape)
     reference = HopeConfig(**{**reference.to_diff_dict(), "cms_levels": None})      # default CMS levels
     target = meta_parameter_count(reference)
     configs = {family: family_config(family, **shape, parameters=target) for family in families}

@@ -250,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                "\n  hope-hf --threads 1 bench --models hope --variant hope-c32=hope:projection_chunk_size=32 "
                "--parts train --lengths 2048   # a setting's cost")
     bench.add_argument("--models", nargs="+", default=["hope", "hope-attention", "titans"],
-                       choices=("hope", "hope-attention", "titans", "hope-gd", "hope-no-cms"),
+                       choices=("hope", "hope-attention", "titans", "hope-gd", "hope-no-cms", "hope-r2"),
                        help="families to measure (switches of modeling_configs/<family>-tiny.json at the bench "
-                            "shape, CMS widths set to hope's parameter count); the Llama is always measured")
+                            "shape, CMS widths set to hope-r2's parameter count); the Llama is always measured")
     bench.add_argument("--variant", action="append", default=[], metavar="NAME=FAMILY:FIELD=VALUE[,...]",
                        help="also measure FAMILY with these HopeConfig fields (values read as JSON), named NAME, at "
                             "the same parameter count; repeatable (e.g. hope-c32=hope:projection_chunk_size=32)")

@@ -11,12 +11,16 @@ ablation switches; initialisation settings of the inner loop (`eta_init`, `alpha
 
 | family | what it is |
 |---|---|
-| `hope` | self-modifying Titans mixer + 3 CMS levels (update periods 1, 4, 16) |
+| `hope` | self-modifying Titans mixer (memory expansion r = 1) + 3 CMS levels (update periods 1, 4, 16) |
+| `hope-r2` | `hope` with memory expansion r = 2, narrower CMS, same count (`tiny`, `small`): the studies' base |
 | `hope-attention` | softmax attention + the same 3 CMS levels |
 | `titans` | static k/v/η/α projections, plain GD with momentum, one CMS level (a Titans-like layer) |
 | `hope-no-cms` | Hope with one CMS level (period 1) as wide as Hope's three together: "w/o CMS" |
 | `hope-gd` | Hope with plain gradient descent instead of DGD: "w/o DGD" |
 | `transformer` | `LlamaConfig` (Transformer++) of matched size |
+
+`hope-r2` was `hope` until the studies (`eval/experiments/`, README Results) found r = 1 at the same parameter count
+as good and 1.6x faster to train; the studies keep training r = 2 as their base, so their results stay reproducible.
 
 This is not a model file: it is not carried by Hub checkpoints and may import the package.
 
