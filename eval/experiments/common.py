@@ -1142,8 +1142,8 @@ def main(study: str, title: str, runs: Sequence[Run], defaults: TrainSettings, a
 def variants_main(study: str, base: str | dict[str, str], title: str, runs_of_corpus, doc: str,
                   argv: Sequence[str] | None, script: str) -> int:
     """The command of a study of variants of one model (`ablations.py`, `cms_schedule.py`): `--data` picks the
-    corpus, `runs_of_corpus(data)` gives the runs, the first being the base: the LM comparison's run of config `base`
-    on that corpus, whose result is taken when it is the same training (`adopt_identical_result`).
+    corpus, `runs_of_corpus(data)` gives the runs, the first being the base: the LM comparison's run `base` on that
+    corpus, whose result is taken when it is the same training (`adopt_identical_result`).
 
     `base` names the base's run in the LM comparison (`<family>-<size>`, e.g. `hope-attention-tiny`) and may map
     sizes to them (`{"tiny": "hope-tiny", "small": "hope-small"}`): the command then takes `--size` (default the
