@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig
 
 from hope_hf.benchmark import (
+    FAMILIES,
     REFERENCE,
     Subject,
     Variant,
@@ -44,8 +45,7 @@ def tiny_run():
 
 
 def test_every_model_holds_the_same_parameter_count():
-    configs = bench_configs(["hope", "hope-attention", "titans", "hope-gd", "hope-no-cms", "hope-r2"], hidden_size=64,
-                            layers=2, heads=4, vocab_size=512, max_position_embeddings=1024)
+    configs = bench_configs(FAMILIES, hidden_size=64, layers=2, heads=4, vocab_size=512, max_position_embeddings=1024)
     assert list(configs)[-1] == REFERENCE and isinstance(configs[REFERENCE], LlamaConfig)
     counts = {name: sum(p.numel() for p in build_model(c).parameters()) for name, c in configs.items()}
     for name, count in counts.items():

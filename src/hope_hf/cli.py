@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .benchmark import FAMILIES as BENCH_FAMILIES
 from .configuration_hope import FAST_MEMORY_IMPLEMENTATIONS
 
 #: Exit status for bad input (as argparse uses for bad arguments).
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                "\n  hope-hf --threads 1 bench --models hope --variant hope-c32=hope:projection_chunk_size=32 "
                "--parts train --lengths 2048   # a setting's cost")
     bench.add_argument("--models", nargs="+", default=["hope", "hope-attention", "titans"],
-                       choices=("hope", "hope-attention", "titans", "hope-gd", "hope-no-cms", "hope-r2"),
+                       choices=BENCH_FAMILIES,
                        help="families to measure (switches of modeling_configs/<family>-tiny.json at the bench "
                             "shape, CMS widths set to hope-r2's parameter count); the Llama is always measured")
     bench.add_argument("--variant", action="append", default=[], metavar="NAME=FAMILY:FIELD=VALUE[,...]",
